@@ -1,0 +1,2 @@
+"""NPR Engine."""
+__version__ = "0.1.0"
