@@ -1,0 +1,30 @@
+"""Environment settings, read in one place (prefix `NPR_`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "npr_engine"
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    cache_dir: Path
+    tag_schema: str
+
+    @classmethod
+    def from_env(cls) -> "EnvConfig":
+        cache = os.environ.get("NPR_CACHE_DIR")
+        return cls(
+            cache_dir=Path(cache) if cache else _default_cache_dir(),
+            tag_schema=os.environ.get("NPR_TAG_SCHEMA", "parallel"),
+        )
+
+
+def env() -> EnvConfig:
+    return EnvConfig.from_env()
