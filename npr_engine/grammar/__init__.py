@@ -1,0 +1,63 @@
+"""Tag schemas, the incremental tag parser and flattened-text helpers (pure Python)."""
+
+from npr_engine.grammar.flat import (
+    SEGMENT_KINDS,
+    ReasoningSplitter,
+    Segment,
+    segment,
+    split_reasoning,
+)
+from npr_engine.grammar.parser import (
+    ROLES,
+    BlockClose,
+    BlockOpen,
+    BranchClose,
+    Event,
+    Fork,
+    JoinClose,
+    Malformed,
+    ParserState,
+    TagHit,
+    TagMatcher,
+    TagParser,
+)
+from npr_engine.grammar.schemas import (
+    DEFAULT_SCHEMA,
+    MULTIVERSE,
+    NPR,
+    PARALLEL,
+    TagSchema,
+    UnknownSchemaError,
+    get_schema,
+    known_schemas,
+    register_schema,
+)
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "MULTIVERSE",
+    "NPR",
+    "PARALLEL",
+    "ROLES",
+    "SEGMENT_KINDS",
+    "BlockClose",
+    "BlockOpen",
+    "BranchClose",
+    "Event",
+    "Fork",
+    "JoinClose",
+    "Malformed",
+    "ParserState",
+    "ReasoningSplitter",
+    "Segment",
+    "TagHit",
+    "TagMatcher",
+    "TagParser",
+    "TagSchema",
+    "UnknownSchemaError",
+    "get_schema",
+    "known_schemas",
+    "register_schema",
+    "segment",
+    "split_reasoning",
+]

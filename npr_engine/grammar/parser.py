@@ -1,0 +1,402 @@
+"""Incremental tag parser: one per decoding sequence, fed decoded text deltas.
+
+Every event carries ``offset``: the position just past the END of the tag that fired
+it, counted in characters over all text fed to this parser (0 = before the first fed
+character). Matching is exact on decoded text across delta boundaries (``<pa`` then
+``th>`` fires once; ``<pathway>`` and ``</pat`` never fire); where two tags end at the
+same character the longest wins. Per feed the work is O(len(delta)); the only carry-over
+is the matcher's partial match (at most the longest tag minus one character).
+
+States (``parser.state``) and what each tag does::
+
+  OUTSIDE   block_open -> BlockOpen, OPEN (and Fork at once if fork_after == block_open)
+            branch_close -> BranchClose, CLOSED (role "branch" only)
+  OPEN      plan_open -> PLAN;  fork_after -> Fork(plan_items), FORKED
+  PLAN      plan_close -> item "text between the tags".strip(), back to OPEN
+  FORKED    the owner parks the sequence; ``on_join()`` -> SUMMARY
+  SUMMARY   join_close -> JoinClose, then AFTER_SUMMARY (or, if block_close is None,
+            BlockClose at the same offset and OUTSIDE); the injected join header is
+            fed here too and fires nothing
+  AFTER_SUMMARY  block_close -> BlockClose, OUTSIDE
+  CLOSED    (branch closed) everything is ignored
+
+Roles: "root" (a request's main sequence), "branch" (a branch's own text: root-like
+plus its close tag; it may open a nested block), "join" (root-like, but starts in
+SUMMARY, for a sequence that begins at a join header).
+
+Text fed while FORKED is a block decoded sequentially (the engine's fallback, or a
+flattened reply read back): nested blocks are counted and the join header at depth 0
+moves to SUMMARY; nothing else fires there.
+
+Malformed input never raises; ``Malformed(kind, offset)`` is emitted and parsing goes on:
+
+  stray_<kind>             a tag with no meaning in the state, dropped: branch_close in
+                           a root, join_header / join_close / block_close outside a
+                           summary, plan_close with no open item, fork_after outside a
+                           block
+  join_in_branch           join_header / join_close in a branch's own text outside its
+                           own nested summary; dropped
+  plan_outside_block       plan tag at the top level of a root; dropped
+  plan_after_fork          plan tag after the fork point (summary, after it, or a
+                           branch's own text); dropped
+  nested_open_before_fork  block_open while in a block before its fork; dropped
+  unclosed_plan            another tag inside a plan item: the item ends before that
+                           tag, then the tag is handled as in OPEN
+  close_before_fork        block_close before the fork: BlockClose, OUTSIDE
+  missing_join_close       block_close in a summary: BlockClose (no JoinClose), OUTSIDE
+  missing_block_close      block_open (or a branch's close) after a summary: BlockClose,
+                           then the tag is handled as in OUTSIDE
+  open_in_summary          block_open inside a summary; dropped
+  unclosed_block           a branch's close tag inside its own unfinished nested block
+                           (BlockClose, then BranchClose), or ``finish()`` inside a block
+
+So every BlockOpen is matched by exactly one BlockClose, or by ``unclosed_block`` from
+``finish()``; JoinClose fires only for a join close tag actually written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+
+from npr_engine.grammar.schemas import TagSchema
+
+ROLES = ("root", "branch", "join")
+# Priority when one tag has two kinds (only block_open == fork_after is allowed).
+_KIND_ORDER = ("block_open", "fork_after", "plan_open", "plan_close", "branch_close",
+               "join_header", "join_close", "block_close")
+_JOIN_KINDS = ("join_header", "join_close")
+_PLAN_KINDS = ("plan_open", "plan_close")
+
+
+@dataclass(frozen=True)
+class BlockOpen:
+    offset: int
+
+
+@dataclass(frozen=True)
+class Fork:
+    plan_items: tuple[str, ...]
+    offset: int
+
+
+@dataclass(frozen=True)
+class BranchClose:
+    offset: int
+
+
+@dataclass(frozen=True)
+class JoinClose:
+    offset: int
+
+
+@dataclass(frozen=True)
+class BlockClose:
+    offset: int
+
+
+@dataclass(frozen=True)
+class Malformed:
+    kind: str
+    offset: int
+
+
+Event = BlockOpen | Fork | BranchClose | JoinClose | BlockClose | Malformed
+
+
+class ParserState(str, Enum):
+    OUTSIDE = "outside"
+    OPEN = "open"
+    PLAN = "plan"
+    FORKED = "forked"
+    SUMMARY = "summary"
+    AFTER_SUMMARY = "after_summary"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class TagHit:
+    """One matched tag: where it lies, the parser state around it, what it fired."""
+
+    tag: str
+    start: int
+    end: int
+    before: ParserState
+    after: ParserState
+    events: tuple[Event, ...]
+
+
+class TagMatcher:
+    """Streaming exact multi-string matcher (an Aho-Corasick automaton as a DFA).
+
+    The automaton's node is the longest suffix of the fed text that is a prefix of
+    some tag, so no text is ever rescanned and ``pending`` says how many trailing
+    characters might still turn out to start a tag.
+    """
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        self._trans, self._out, self._hold = _build_automaton(tags)
+        firsts = sorted({t[0] for t in tags})
+        # NOTE: from the root only a tag's first character moves the automaton, so the
+        # scan jumps there with a C-level regex search instead of a Python loop.
+        self._first = re.compile("|".join(re.escape(c) for c in firsts))
+        self._node = 0
+
+    @property
+    def pending(self) -> int:
+        """Trailing characters that may still grow into a tag (< the longest tag)."""
+        return self._hold[self._node]
+
+    def scan(self, text: str, base: int) -> list[tuple[str, int]]:
+        """Tags completed inside ``text`` as (tag, end offset); ``base`` = offset of text[0]."""
+        hits: list[tuple[str, int]] = []
+        trans, out, node, i, n = self._trans, self._out, self._node, 0, len(text)
+        while i < n:
+            if node == 0:
+                found = self._first.search(text, i)
+                if found is None:
+                    break
+                i = found.start()
+            node = trans[node].get(text[i], 0)
+            i += 1
+            tag = out[node]
+            if tag is not None:
+                hits.append((tag, base + i))
+        self._node = node
+        return hits
+
+
+def _build_automaton(
+    tags: tuple[str, ...],
+) -> tuple[list[dict[str, int]], list[str | None], list[int]]:
+    children: list[dict[str, int]] = [{}]
+    out: list[str | None] = [None]
+    depth = [0]
+    for tag in tags:
+        node = 0
+        for ch in tag:
+            if ch not in children[node]:
+                children.append({})
+                out.append(None)
+                depth.append(depth[node] + 1)
+                children[node][ch] = len(children) - 1
+            node = children[node][ch]
+        out[node] = tag
+    trans: list[dict[str, int]] = [dict(children[0]) for _ in children]
+    fail = [0] * len(children)
+    queue = list(children[0].values())
+    hold = [0] * len(children)
+    for node in queue:  # breadth-first: a node's fail target is already complete
+        trans[node] = {**trans[fail[node]], **children[node]}
+        if out[node] is None:  # longest tag ending here: own tag, else the fail chain's
+            out[node] = out[fail[node]]
+        # A complete tag that cannot grow holds back only what may start the next one.
+        hold[node] = depth[node] if children[node] else hold[fail[node]]
+        for ch, child in children[node].items():
+            fail[child] = trans[fail[node]].get(ch, 0) if node else 0
+            queue.append(child)
+    return trans, out, hold
+
+
+@lru_cache(maxsize=64)
+def _tag_kinds(schema: TagSchema) -> dict[str, frozenset[str]]:
+    kinds: dict[str, set[str]] = {}
+    for kind, tag in schema.tags().items():
+        kinds.setdefault(tag, set()).add(kind)
+    return {tag: frozenset(k) for tag, k in kinds.items()}
+
+
+def _primary(kinds: frozenset[str]) -> str:
+    return next(k for k in _KIND_ORDER if k in kinds)
+
+
+class TagParser:
+    """Incremental parser for one sequence; see the module docstring for semantics."""
+
+    def __init__(self, schema: TagSchema, role: str = "root") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self.schema, self.role = schema, role
+        self._kinds = _tag_kinds(schema)
+        self._matcher = TagMatcher(tuple(self._kinds))
+        self.state = ParserState.SUMMARY if role == "join" else ParserState.OUTSIDE
+        self._fed = 0
+        self._events: list[Event] = []
+        self._items: list[str] = []
+        self._plan_parts: list[str] = []
+        self._plan_start = 0
+        self._ctx = ("", 0)
+        self._seq_depth = 0
+        self._handlers: dict[ParserState, Callable[[frozenset[str], str, int], None]] = {
+            ParserState.OUTSIDE: self._outside,
+            ParserState.OPEN: self._open,
+            ParserState.PLAN: self._plan,
+            ParserState.FORKED: self._forked,
+            ParserState.SUMMARY: self._summary,
+            ParserState.AFTER_SUMMARY: self._after_summary,
+        }
+
+    @property
+    def offset(self) -> int:
+        """Characters fed so far."""
+        return self._fed
+
+    @property
+    def pending(self) -> int:
+        """Trailing fed characters that may still be the start of a tag."""
+        return 0 if self.state is ParserState.CLOSED else self._matcher.pending
+
+    def feed(self, delta: str) -> list[Event]:
+        """Feed decoded text; returns the events of the tags it completed, in order."""
+        return [event for hit in self.feed_tags(delta) for event in hit.events]
+
+    def feed_tags(self, delta: str) -> list[TagHit]:
+        """Like :meth:`feed`, but one entry per matched tag with the states around it."""
+        base = self._fed
+        self._fed += len(delta)
+        if self.state is ParserState.CLOSED:
+            return []
+        self._ctx = (delta, base)
+        hits: list[TagHit] = []
+        for tag, end in self._matcher.scan(delta, base):
+            if self.state is ParserState.CLOSED:
+                break
+            before, self._events = self.state, []
+            self._handlers[before](self._kinds[tag], tag, end)
+            hits.append(TagHit(tag, end - len(tag), end, before, self.state, tuple(self._events)))
+        if self.state is ParserState.PLAN:
+            self._plan_parts.append(delta[max(self._plan_start - base, 0):])
+        return hits
+
+    def on_join(self) -> None:
+        """The engine joined this parked sequence: what follows is its join text."""
+        if self.state is not ParserState.FORKED:
+            raise RuntimeError(f"on_join() needs state FORKED, parser is {self.state.value}")
+        self.state = ParserState.SUMMARY
+
+    def finish(self) -> list[Event]:
+        """End of stream: reports a block left open (state is left as it is)."""
+        open_states = (ParserState.OUTSIDE, ParserState.CLOSED)
+        return [] if self.state in open_states else [Malformed("unclosed_block", self._fed)]
+
+    def closing_text(self) -> str:
+        """Tags that would close a summary cut short (EOS, max_tokens); "" otherwise."""
+        if self.state is ParserState.SUMMARY:
+            return self.schema.join_close + (self.schema.block_close or "")
+        if self.state is ParserState.AFTER_SUMMARY:
+            return self.schema.block_close or ""
+        return ""
+
+    # -- state handlers: (kinds of the matched tag, the tag, its end offset) --------
+
+    def _outside(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        if "block_open" in kinds:
+            self._events.append(BlockOpen(end))
+            self._items, self.state = [], ParserState.OPEN
+            if "fork_after" in kinds:
+                self._fork(end)
+        elif self._closes_branch(kinds):
+            self._events.append(BranchClose(end))
+            self.state = ParserState.CLOSED
+        else:
+            self._stray(kinds, end)
+
+    def _open(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        if "fork_after" in kinds:
+            self._fork(end)
+        elif "plan_open" in kinds:
+            self.state, self._plan_start, self._plan_parts = ParserState.PLAN, end, []
+        elif "block_open" in kinds:
+            self._malformed("nested_open_before_fork", end)
+        elif "block_close" in kinds:
+            self._malformed("close_before_fork", end)
+            self._close_block(end)
+        elif self._closes_branch(kinds):
+            self._abandon_block(end)
+        else:
+            self._stray(kinds, end)
+
+    def _plan(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        delta, base = self._ctx
+        text = "".join(self._plan_parts) + delta[max(self._plan_start - base, 0):end - base]
+        self._items.append(text[: max(len(text) - len(tag), 0)].strip())
+        self.state = ParserState.OPEN
+        if "plan_close" not in kinds:
+            self._malformed("unclosed_plan", end)
+            self._open(kinds, tag, end)
+
+    def _forked(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        # Sequential text of a forked block: track nesting to find our own join header.
+        if "block_open" in kinds:
+            self._seq_depth += 1
+        elif self._seq_depth:
+            ends_nested = self.schema.block_close is None and "join_close" in kinds
+            if "block_close" in kinds or ends_nested:
+                self._seq_depth -= 1
+        elif "join_header" in kinds:
+            self.state = ParserState.SUMMARY
+
+    def _summary(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        if "join_close" in kinds:
+            self._events.append(JoinClose(end))
+            if self.schema.block_close is None:
+                self._close_block(end)
+            else:
+                self.state = ParserState.AFTER_SUMMARY
+        elif "join_header" in kinds:
+            pass  # the header the engine injected after on_join()
+        elif "block_close" in kinds:
+            self._malformed("missing_join_close", end)
+            self._close_block(end)
+        elif "block_open" in kinds:
+            self._malformed("open_in_summary", end)
+        elif self._closes_branch(kinds):
+            self._abandon_block(end)
+        else:
+            self._stray(kinds, end)
+
+    def _after_summary(self, kinds: frozenset[str], tag: str, end: int) -> None:
+        if "block_close" in kinds:
+            self._close_block(end)
+            return
+        if "block_open" in kinds or self._closes_branch(kinds):
+            self._malformed("missing_block_close", end)
+            self._close_block(end)
+        self._outside(kinds, tag, end)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _fork(self, end: int) -> None:
+        self._events.append(Fork(tuple(self._items), end))
+        self._items, self._seq_depth, self.state = [], 0, ParserState.FORKED
+
+    def _close_block(self, end: int) -> None:
+        self._events.append(BlockClose(end))
+        self.state = ParserState.OUTSIDE
+
+    def _abandon_block(self, end: int) -> None:
+        """A branch closes while its own nested block is unfinished."""
+        self._malformed("unclosed_block", end)
+        self._close_block(end)
+        self._events.append(BranchClose(end))
+        self.state = ParserState.CLOSED
+
+    def _closes_branch(self, kinds: frozenset[str]) -> bool:
+        return self.role == "branch" and "branch_close" in kinds
+
+    def _malformed(self, kind: str, end: int) -> None:
+        self._events.append(Malformed(kind, end))
+
+    def _stray(self, kinds: frozenset[str], end: int) -> None:
+        kind = _primary(kinds)
+        if kind in _JOIN_KINDS and self.role == "branch":
+            name = "join_in_branch"
+        elif kind in _PLAN_KINDS and self.state is not ParserState.OPEN:
+            top_level = self.state is ParserState.OUTSIDE and self.role != "branch"
+            name = "plan_outside_block" if top_level else "plan_after_fork"
+        else:
+            name = f"stray_{kind}"
+        self._malformed(name, end)
