@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 from npr_engine.profiles import PROFILES, default_profile, sglang_flags
@@ -61,9 +63,18 @@ def resolve_model(model: str | None) -> Path:
 
 
 def _check_architectures(path: Path, archs: list[str]) -> None:
-    from sglang.srt.models.registry import ModelRegistry
+    # SGLang logs every optional model it cannot import here; keep our error one line.
+    sglang_logger = logging.getLogger("sglang")
+    level = sglang_logger.level
+    sglang_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sglang.srt.models.registry import ModelRegistry
 
-    supported = ModelRegistry.get_supported_archs()
+            supported = ModelRegistry.get_supported_archs()
+    finally:
+        sglang_logger.setLevel(level)
     if not any(a in supported for a in archs):
         raise LaunchError(f"model architecture {archs or 'unknown'} in {path} is not supported by SGLang")
 

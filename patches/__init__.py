@@ -16,6 +16,7 @@ HOOK_MODULES = (
     "server_args",
     "scheduler_info",
     "http_routes",
+    "internal_state",
 )
 
 

@@ -1,0 +1,12 @@
+# NPR Engine on the official SGLang image of the pinned release (CUDA, sgl-kernel,
+# flashinfer included). Build: docker build -t npr-engine .
+# Run:   docker run --gpus all -p 30000:30000 -v /models:/models npr-engine \
+#            --model /models/NPR-4B --tag-schema npr
+FROM lmsysorg/sglang:v0.5.23
+
+WORKDIR /opt/npr-engine
+COPY . .
+RUN NPR_ALLOW_SYSTEM_INSTALL=1 PYTHON=python3 ./install.sh gpu
+
+EXPOSE 30000
+ENTRYPOINT ["python3", "/opt/npr-engine/server.py", "--profile", "gpu", "--host", "0.0.0.0", "--port", "30000"]

@@ -1,0 +1,25 @@
+"""Hook: `sglang.srt.managers.scheduler.Scheduler.get_internal_state` (AFTER), SGLang 0.5.23.
+
+Adds the scheduler's KV accounting (`npr_kv`, see npr_engine/kv_report.py) to the
+internal state SGLang already serves through `/server_info` and
+`Engine.get_server_info()`, so tests and operators can prove nothing leaked.
+"""
+
+from __future__ import annotations
+
+from npr_engine.hooks import Hook, Kind
+from npr_engine.kv_report import kv_report
+
+
+def add_kv_report(result, scheduler, *args, **kwargs):
+    result.internal_state["npr_kv"] = kv_report(scheduler)
+    return result
+
+
+HOOKS = [
+    Hook(
+        "sglang.srt.managers.scheduler.Scheduler.get_internal_state",
+        Kind.AFTER,
+        add_kv_report,
+    )
+]

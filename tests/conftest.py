@@ -1,0 +1,60 @@
+"""Shared fixtures: one HTTP server and one offline engine per test session.
+
+Both serve the embedded default model on SGLang's CPU engine in float32 (greedy
+outputs under bf16 can drift between a cached and an uncached prefix).
+"""
+
+from __future__ import annotations
+
+import os
+
+# NOTE: before anything imports SGLang: its CPU engine is chosen at import time.
+os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+
+import pytest  # noqa: E402
+
+from tests.support.server import ServerProcess, free_port  # noqa: E402
+
+ENGINE_KV_TOKENS = 8192
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    from npr_engine.default_model import default_model_dir as resolve
+
+    return resolve()
+
+
+@pytest.fixture(scope="session")
+def server(default_model_dir):
+    proc = ServerProcess(
+        ["--model", str(default_model_dir), "--port", str(free_port()), "--dtype", "float32",
+         "--max-total-tokens", str(ENGINE_KV_TOKENS), "--enable-custom-logit-processor"],
+    )
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(default_model_dir):
+    import sglang
+
+    llm = sglang.Engine(
+        model_path=str(default_model_dir),
+        device="cpu",
+        attention_backend="torch_native",
+        disable_cuda_graph=True,
+        dtype="float32",
+        max_total_tokens=ENGINE_KV_TOKENS,
+        enable_custom_logit_processor=True,
+        random_seed=0,
+        log_level="error",
+    )
+    try:
+        yield llm
+    finally:
+        llm.shutdown()

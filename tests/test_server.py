@@ -1,0 +1,67 @@
+"""The foundation end to end: the real server, the offline engine, the plugin proving itself."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+
+from tests.support.server import engine_kv_report, wait_kv_idle
+
+
+def test_health_and_plugin_confirmed_by_scheduler(server):
+    assert httpx.get(server.base_url + "/health", timeout=30).status_code == 200
+    info = httpx.get(server.base_url + "/npr/info", timeout=10).json()
+    assert info["sglang_version"] == "0.5.23"
+    assert info["scheduler"]["active"] is True
+    assert "after:sglang.srt.managers.scheduler.Scheduler.get_init_info" in info["scheduler"]["hooks"]
+    assert set(info["schemas"]) >= {"parallel", "npr", "multiverse"}
+
+
+def test_models_lists_served_model(server, default_model_dir):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    ids = [m.id for m in client.models.list().data]
+    assert str(default_model_dir) in ids
+
+
+def test_chat_completion_plain_and_streaming(server):
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="none")
+    model = client.models.list().data[0].id
+    messages = [{"role": "user", "content": "Name a colour."}]
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content.strip()
+    assert reply.usage.completion_tokens == 8 or reply.choices[0].finish_reason == "stop"
+    chunks = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == reply.choices[0].message.content
+    server.assert_kv_idle()
+
+
+def test_offline_engine_batch(engine):
+    info = engine.get_server_info()
+    assert info["npr_plugin"]["active"] is True
+    prompts = ["The capital of France is", "1, 2, 3,", "Once upon a time"]
+    outputs = engine.generate(prompts, {"max_new_tokens": 6, "temperature": 0})
+    assert len(outputs) == 3
+    assert all(o["text"] and o["meta_info"]["completion_tokens"] == 6 for o in outputs)
+    wait_kv_idle(lambda: engine_kv_report(engine))
+
+
+def test_tiny_random_qwen3_serves(tmp_path_factory, default_model_dir):
+    from tests.support.server import ServerProcess, free_port
+    from tests.support.tiny_models import tiny_qwen3
+
+    model_dir = tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), default_model_dir)
+    proc = ServerProcess(["--model", str(model_dir), "--port", str(free_port()),
+                          "--dtype", "float32", "--max-total-tokens", "2048"])
+    proc.start()
+    try:
+        proc.wait_ready()
+        body = {"model": str(model_dir), "prompt": "Hello", "max_tokens": 5, "temperature": 0}
+        out = httpx.post(proc.base_url + "/v1/completions", json=body, timeout=60).json()
+        assert out["usage"]["completion_tokens"] == 5
+        assert out["choices"][0]["text"]
+        proc.assert_kv_idle()
+    finally:
+        proc.stop()
