@@ -1,0 +1,239 @@
+"""Shared-prefix vs per-sequence decode attention on Qwen3-4B attention shapes (CUDA only).
+
+W sibling rows share a prefix of Lp tokens and own 256 suffix tokens each (random slot
+order, page size 1). One step = 36 layers back to back, each over its own KV cache (so
+L2 holds nothing between layers), captured in a CUDA graph and replayed; the replay is
+also checked against eager calls after q changes in place (the wrappers can live in a
+captured decode step). Floors: bytes that must be read once / copy bandwidth measured
+here (2 x bytes / time of a large device-to-device copy).
+
+Usage: python benchmarks/kernels.py OUTDIR [--layers 36] [--no-tune]
+Prints a table last; writes OUTDIR/kernels.json and OUTDIR/kernels_table.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+Q_HEADS, KV_HEADS, HEAD_DIM, SUFFIX = 32, 8, 128, 256
+WIDTHS, PREFIXES = (1, 2, 4, 8, 16), (1024, 4096, 16384, 32768)
+KV_BYTES_PER_TOKEN = KV_HEADS * HEAD_DIM * 2 * 2  # K and V, bf16, one layer
+
+
+def bench(fn: Callable[[], object], rep_ms: int = 200) -> float:
+    import triton
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second, counting bytes read plus bytes written."""
+    src = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+class Model:
+    """Per-layer KV caches [num_slots, Hkv, D] and the slot order shared by all layers."""
+
+    def __init__(self, layers: int) -> None:
+        self.layers = layers
+        self.num_slots = max(PREFIXES) + max(WIDTHS) * SUFFIX
+        shape = (layers, self.num_slots, KV_HEADS, HEAD_DIM)
+        self.k = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
+        self.v = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
+        self.perm = torch.randperm(self.num_slots, device="cuda").to(torch.int32)
+
+    def slot_lists(self, width: int, prefix: int) -> tuple[list[int], torch.Tensor]:
+        """Row i = prefix slots | its own 256 slots; returns (kv_indptr, kv_indices)."""
+        base = max(PREFIXES)
+        rows = [torch.cat([self.perm[:prefix], self.perm[base + i * SUFFIX : base + (i + 1) * SUFFIX]])
+                for i in range(width)]
+        return [i * (prefix + SUFFIX) for i in range(width + 1)], torch.cat(rows)
+
+
+def capture_step(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    torch.cuda.synchronize()
+    return graph
+
+
+def run_config(model: Model, width: int, prefix: int, copy_bw: float) -> dict:
+    from npr_engine.kernels import (
+        build_shared_prefix_meta,
+        decode_paged,
+        decode_reference,
+        shared_prefix_decode,
+    )
+
+    layers, scale = model.layers, HEAD_DIM**-0.5
+    indptr_host, kv_indices = model.slot_lists(width, prefix)
+    kv_indptr = torch.tensor(indptr_host, dtype=torch.int32, device="cuda")
+    meta = build_shared_prefix_meta(indptr_host, kv_indices, [(range(width), prefix)], check=False)
+    q = torch.randn(layers, width, Q_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    outs = {name: torch.empty_like(q) for name in ("per_seq", "shared")}
+
+    def per_seq(layer: int) -> torch.Tensor:
+        return decode_paged(q[layer], model.k[layer], model.v[layer], kv_indptr, kv_indices, scale,
+                            max_kv_len=prefix + SUFFIX, out=outs["per_seq"][layer])
+
+    def shared(layer: int) -> torch.Tensor:
+        return shared_prefix_decode(q[layer], model.k[layer], model.v[layer], meta, scale,
+                                    out=outs["shared"][layer])
+
+    row = {"width": width, "prefix": prefix}
+    ref = decode_reference(q[0], model.k[0], model.v[0], kv_indptr, kv_indices, scale, torch.float32)
+    kernels = (("per_seq", per_seq), ("shared", shared))
+    for name, layer_fn in kernels:
+        got = layer_fn(0).float()
+        row[f"{name}_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+    for name, layer_fn in kernels:
+        graph = capture_step(lambda f=layer_fn: [f(layer) for layer in range(layers)])
+        q.normal_()  # in place: the replay must see new data, not what was captured
+        graph.replay()
+        replayed = outs[name][layers - 1].float()  # a copy: the eager call reuses the buffer
+        eager = layer_fn(layers - 1).float()
+        row[f"{name}_graph_max_diff"] = (replayed - eager).abs().max().item()
+        step_ms = bench(graph.replay)
+        tokens = (prefix + width * SUFFIX) if name == "shared" else width * (prefix + SUFFIX)
+        step_bytes = layers * (tokens * KV_BYTES_PER_TOKEN + 2 * q[0].numel() * 2)
+        row[f"{name}_step_ms"] = step_ms
+        row[f"{name}_layer_ms"] = step_ms / layers
+        row[f"{name}_gbps"] = step_bytes / (step_ms * 1e-3) / 1e9
+        row[f"{name}_floor_ms"] = step_bytes / copy_bw * 1e3
+        row[f"{name}_vs_floor"] = step_ms / row[f"{name}_floor_ms"]
+        del graph
+    row["speedup"] = row["per_seq_step_ms"] / row["shared_step_ms"]
+    return row
+
+
+TUNE_VARIANTS = [{}, {"block_n": 32}, {"block_n": 128}, {"num_stages": 3}, {"num_stages": 1},
+                 {"num_warps": 8}, {"num_warps": 2}, {"split_scale": 0.5}, {"split_scale": 2.0}]
+
+
+def tune(model: Model, width: int, prefix: int, kinds: tuple[str, ...],
+         variants: list[dict]) -> list[dict]:
+    """One-knob-at-a-time sweeps around the defaults, per layer step over `layers`."""
+    from npr_engine.kernels import build_shared_prefix_meta, default_splits
+    from npr_engine.kernels.decode_paged import launch_attention
+
+    layers, scale = model.layers, HEAD_DIM**-0.5
+    indptr_host, kv_indices = model.slot_lists(width, prefix)
+    kv_indptr = torch.tensor(indptr_host, dtype=torch.int32, device="cuda")
+    meta = build_shared_prefix_meta(indptr_host, kv_indices, [(range(width), prefix)], check=False)
+    groups = (meta.prefix_indptr, meta.prefix_indices, meta.group_indptr, meta.group_rows)
+    q = torch.randn(layers, width, Q_HEADS, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(q)
+    dev = q.device
+    base_p = default_splits(1, KV_HEADS, prefix, dev, programs_per_sm=2)
+    base_s = default_splits(width, KV_HEADS, prefix + SUFFIX, dev)
+    results = []
+    for kind in kinds:
+        for var in variants:
+            knobs = {k: v for k, v in var.items() if k != "split_scale"}
+            scale_splits = var.get("split_scale", 1.0)
+            p_splits = max(1, min(64, round(base_p * scale_splits)))
+            s_splits = max(1, min(64, round(base_s * scale_splits)))
+
+            def layer_call(layer: int, kind: str = kind, knobs: dict = knobs,
+                           p_splits: int = p_splits, s_splits: int = s_splits) -> None:
+                args = (q[layer], model.k[layer], model.v[layer], out[layer])
+                if kind == "shared":
+                    launch_attention(*args, meta.suffix_indptr, meta.suffix_indices, 1, scale,
+                                     groups=groups, grp_splits=p_splits, max_group_size=width,
+                                     **knobs)
+                else:
+                    launch_attention(*args, kv_indptr, kv_indices, s_splits, scale, **knobs)
+
+            splits = p_splits if kind == "shared" else s_splits
+            entry = {"kernel": kind, "width": width, "prefix": prefix, **var, "splits": splits}
+            try:
+                graph = capture_step(lambda f=layer_call: [f(layer) for layer in range(layers)])
+                entry["step_ms"] = bench(graph.replay, rep_ms=100)
+                del graph
+            except Exception as exc:  # noqa: BLE001 - a variant may exceed resources
+                entry["error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+                torch.cuda.synchronize()
+            results.append(entry)
+            print("tune", entry, flush=True)
+    return results
+
+
+def table(rows: list[dict], copy_bw: float, gpu: str) -> str:
+    lines = [f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s; ms per step of {rows[0]['layers']} layers"
+             " (x floor), bf16, 32q/8kv heads, d128, 256-token suffixes",
+             f"{'W':>3} {'prefix':>6} | {'per-seq ms':>10} {'xfloor':>6} {'GB/s':>6} | "
+             f"{'shared ms':>9} {'xfloor':>6} {'GB/s':>6} | {'speedup':>7} | {'err p/s':>15} graph"]
+    for r in rows:
+        graph_ok = "ok" if max(r["per_seq_graph_max_diff"], r["shared_graph_max_diff"]) == 0 else "DIFF"
+        lines.append(
+            f"{r['width']:>3} {r['prefix']:>6} | {r['per_seq_step_ms']:>10.3f} {r['per_seq_vs_floor']:>6.2f}"
+            f" {r['per_seq_gbps']:>6.0f} | {r['shared_step_ms']:>9.3f} {r['shared_vs_floor']:>6.2f}"
+            f" {r['shared_gbps']:>6.0f} | {r['speedup']:>7.2f} |"
+            f" {r['per_seq_rel_err']:.1e}/{r['shared_rel_err']:.1e} {graph_ok}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--layers", type=int, default=36)
+    parser.add_argument("--no-tune", action="store_true", help="skip the block/split sweeps")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA GPU; none is visible", file=sys.stderr)
+        return 2
+    import triton
+
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    start = time.time()
+    copy_bw = copy_bandwidth()
+    model = Model(args.layers)
+    rows, tuning = [], []
+    for prefix in PREFIXES:
+        for width in WIDTHS:
+            row = {"layers": args.layers, **run_config(model, width, prefix, copy_bw)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    # The same version timed twice: the spread between the two is the noise level.
+    repeat = run_config(model, 8, 16384, copy_bw)
+    if not args.no_tune:
+        tuning = tune(model, 8, 16384, ("shared", "per_seq"), TUNE_VARIANTS)
+        tuning += tune(model, 16, 32768, ("shared",), [{}, {"num_warps": 8}, {"block_n": 32},
+                                                       {"block_n": 128}, {"split_scale": 0.5},
+                                                       {"split_scale": 2.0}])
+    text = table(rows, copy_bw, gpu)
+    spread = {k: repeat[f"{k}_step_ms"] for k in ("per_seq", "shared")}
+    result = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
+              "copy_bytes_per_s": copy_bw, "rows": rows, "repeat_w8_16k": spread,
+              "tuning": tuning, "seconds": time.time() - start}
+    (args.outdir / "kernels.json").write_text(json.dumps(result, indent=1))
+    (args.outdir / "kernels_table.txt").write_text(text + "\n")
+    print(f"repeat W=8 16k: {spread} (seconds total {time.time() - start:.0f})")
+    print(text)
+    bad = [r for r in rows if max(r["per_seq_rel_err"], r["shared_rel_err"]) > 2e-2
+           or not math.isfinite(r["shared_rel_err"])]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
