@@ -14,6 +14,7 @@ setup(
         "npr_engine",
         "npr_engine.grammar",
         "npr_engine.core",
+        "npr_engine.sched",
         "npr_engine.patches",
         "npr_engine.kernels",
     ],

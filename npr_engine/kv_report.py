@@ -27,6 +27,7 @@ def kv_report(scheduler) -> dict:
         "rows_free": len(rows.free_slots),
         "running": len(running),
         "waiting": len(scheduler.waiting_queue),
+        "forward_ct": int(scheduler.forward_ct),
     }
 
 

@@ -17,6 +17,10 @@ HOOK_MODULES = (
     "scheduler_info",
     "http_routes",
     "internal_state",
+    "batch_result",
+    "output_streamer",
+    "positions",
+    "tokenizer_meta",
 )
 
 

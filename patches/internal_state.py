@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from npr_engine.hooks import Hook, Kind
 from npr_engine.kv_report import kv_report
+from npr_engine.sched.controller import controller_for
 
 
 def add_kv_report(result, scheduler, *args, **kwargs):
     result.internal_state["npr_kv"] = kv_report(scheduler)
+    events = controller_for(scheduler).debug_events if scheduler.is_generation else None
+    if events is not None:
+        result.internal_state["npr_debug"] = list(events)
     return result
 
 

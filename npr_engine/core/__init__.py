@@ -1,0 +1,1 @@
+"""Engine-independent pieces of fork/join: options, incremental decoding, trace, plans."""

@@ -1,0 +1,38 @@
+"""Incremental detokenization of one sequence, as the tag parser needs it.
+
+Token-by-token `decode([id])` breaks multi-byte characters and merged-space tokens.
+Like the serving detokenizers, we decode a short window of recent ids and release only
+the text that is stable (no trailing replacement character).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+_WINDOW = 6  # ids of context kept before the unreleased tail
+
+
+class IncrementalDecoder:
+    def __init__(self, decode: Callable[[Sequence[int]], str]):
+        self._decode = decode
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the decode window
+        self._read = 0  # ids before here have been released as text
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        """Add ids; return the newly stable text (may be empty)."""
+        self._ids.extend(token_ids)
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        full_text = self._decode(self._ids[self._prefix :])
+        if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
+            return ""
+        self._prefix = max(self._prefix, self._read - _WINDOW)
+        self._read = len(self._ids)
+        return full_text[len(prefix_text) :]
+
+    def flush(self) -> str:
+        """Release whatever is left, replacement characters included (end of stream)."""
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        full_text = self._decode(self._ids[self._prefix :])
+        self._read = len(self._ids)
+        return full_text[len(prefix_text) :]

@@ -1,0 +1,1 @@
+"""Fork and join inside SGLang's scheduler (runs in the scheduler process)."""

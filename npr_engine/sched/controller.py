@@ -1,0 +1,195 @@
+"""The fork/join controller: one per scheduler process, driven by two hooks.
+
+Each forward step, `before_result` decides which sampled tokens are replaced by
+injected ones (forced block open, branch headers, close tags, join header), and
+`after_result` reads the new text of every tracked sequence, applies the parser's
+events and then, in this order, parks finished branches, forks and joins. Both run
+at the step boundary of the non-overlap scheduler, where every running request's
+KV is committed up to its last output token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+
+import torch
+
+from npr_engine.core.detok import IncrementalDecoder
+from npr_engine.core.options import InvalidNprOptions, NprOptions
+from npr_engine.core.trace import RequestTrace
+from npr_engine.grammar import BranchClose, Fork, TagParser
+from npr_engine.sched.forking import ForkJoin
+from npr_engine.sched.state import Phase, Seq, Unit
+
+logger = logging.getLogger("npr_engine")
+
+DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
+
+
+class Controller:
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.tokenizer = scheduler.tokenizer
+        self._token_cache: dict[str, list[int]] = {}
+        self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
+        self.forkjoin = ForkJoin(self)
+
+    # -- text <-> tokens --------------------------------------------------------------
+
+    def tokens(self, text: str) -> list[int]:
+        ids = self._token_cache.get(text)
+        if ids is None:
+            ids = self._token_cache[text] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def is_eos(self, req, token: int) -> bool:
+        if req.eos_token_ids and token in req.eos_token_ids:
+            return True
+        return self.tokenizer is not None and token == self.tokenizer.eos_token_id
+
+    # -- attaching state to new root requests ------------------------------------------
+
+    def seq_of(self, req) -> Seq | None:
+        if "npr" not in req.__dict__:
+            req.npr = self._attach_root(req)
+        return req.npr
+
+    def _attach_root(self, req) -> Seq | None:
+        if self.tokenizer is None:
+            return None
+        try:
+            options = NprOptions.from_custom_params(req.sampling_params.custom_params)
+        except InvalidNprOptions as exc:
+            from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+            req.to_finish = FINISH_ABORT(str(exc), 400, "BadRequestError")
+            return None
+        if not options.enabled:
+            return None
+        schema = options.tag_schema
+        unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
+        seq = Seq(req, unit, options, schema, TagParser(schema, "root"), IncrementalDecoder(self.decode))
+        unit.root = seq
+        if options.force:
+            seq.forced.extend(self.tokens(forced_open_text(schema, options.paths)))
+        return seq
+
+    # -- before the stock result processing: injected tokens ---------------------------
+
+    def before_result(self, batch, result) -> None:
+        mode = batch.forward_mode
+        if not (mode.is_decode() or mode.is_extend()) or result.next_token_ids is None:
+            return
+        if result.copy_done is not None:
+            result.copy_done.synchronize()
+        overrides: list[tuple[int, int]] = []
+        for i, req in enumerate(batch.reqs):
+            if not self._commits_token(batch, req):
+                continue
+            seq = self.seq_of(req)
+            req._npr_prev_len = len(req.output_ids)
+            if seq is None:
+                continue
+            token = self._injected_token(seq, int(result.next_token_ids[i]))
+            if token is not None:
+                overrides.append((i, token))
+        for i, token in overrides:
+            result.next_token_ids[i] = token
+            row = batch.reqs[i].kv.req_pool_idx
+            self.scheduler.future_map.output_tokens_buf[row] = token
+
+    @staticmethod
+    def _commits_token(batch, req) -> bool:
+        return not (
+            req.finished()
+            or req.is_retracted
+            or req.inflight_middle_chunks > 0
+            or req is getattr(batch, "chunked_req", None)
+        )
+
+    def _injected_token(self, seq: Seq, sampled: int) -> int | None:
+        if seq.phase is Phase.CLOSING:
+            return None  # this token is dropped after the step
+        if not seq.forced and seq.is_branch and seq.close_reason is None:
+            reason = self._branch_end_reason(seq, sampled)
+            if reason is not None:
+                seq.close_reason = reason
+                seq.forced.extend(self.tokens(seq.schema.branch_close))
+        if seq.forced:
+            seq.injected += 1
+            return seq.forced.popleft()
+        return None
+
+    def _branch_end_reason(self, seq: Seq, sampled: int) -> str | None:
+        root = seq.unit.root.req
+        if self.is_eos(seq.req, sampled) and not root.sampling_params.ignore_eos:
+            return "eos"
+        close_len = len(self.tokens(seq.schema.branch_close))
+        limit = seq.options.max_path_tokens
+        if limit is not None and seq.own_tokens() + close_len >= limit:
+            return "budget"
+        if self.forkjoin.unit_tokens(seq.unit) + self.forkjoin.closing_reserve(seq.unit) >= (
+            root.sampling_params.max_new_tokens
+        ):
+            return "length"
+        return None
+
+    # -- after the stock result processing: parse, park, fork, join --------------------
+
+    def after_result(self, batch, result) -> None:
+        mode = batch.forward_mode
+        if not (mode.is_decode() or mode.is_extend()):
+            return
+        to_park: list[Seq] = []
+        to_fork: list[tuple[Seq, tuple[str, ...]]] = []
+        stepped: list[Seq] = []
+        for req in list(batch.reqs):
+            seq = req.__dict__.get("npr")
+            prev = req.__dict__.pop("_npr_prev_len", None)
+            if seq is None or prev is None or len(req.output_ids) <= prev:
+                continue
+            if seq.phase is Phase.CLOSING:
+                del req.output_ids[prev:]  # sampled after the close tag: not part of the text
+                seq.phase = Phase.PARKED
+                to_park.append(seq)
+                continue
+            stepped.append(seq)
+            if req.finished():
+                continue
+            text = seq.decoder.push(req.output_ids[prev:])
+            for event in seq.parser.feed(text) if text else ():
+                if isinstance(event, Fork):
+                    to_fork.append((seq, event.plan_items))
+                elif isinstance(event, BranchClose) and seq.is_branch:
+                    seq.phase = Phase.CLOSING
+                    seq.path.finish = seq.close_reason or "close"
+        self.forkjoin.count_parallel(stepped, to_park)
+        self.forkjoin.park(batch, to_park)
+        for seq, plan_items in to_fork:
+            self.forkjoin.fork(batch, seq, plan_items)
+        self.forkjoin.join_ready([s.block for s in to_park])
+
+
+def forced_open_text(schema, paths: int) -> str:
+    """Text the engine writes to open a block itself (request option `force`)."""
+    text = schema.block_open
+    if schema.plan_open is not None:
+        text += "".join(f"{schema.plan_open}{i}:{schema.plan_close}" for i in range(1, paths + 1))
+    if schema.fork_after != schema.block_open:
+        text += schema.fork_after
+    return text
+
+
+_controllers: dict[int, Controller] = {}
+
+
+def controller_for(scheduler) -> Controller:
+    ctl = _controllers.get(id(scheduler))
+    if ctl is None:
+        ctl = _controllers[id(scheduler)] = Controller(scheduler)
+    return ctl

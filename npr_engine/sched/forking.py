@@ -1,0 +1,246 @@
+"""Fork and join as scheduler events: KV rows, request objects, batches, trace."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from array import array
+
+from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
+from sglang.srt.mem_cache.common import release_kv_cache
+
+from npr_engine.core.detok import IncrementalDecoder
+from npr_engine.core.trace import PathTrace
+from npr_engine.grammar import TagParser
+from npr_engine.sched.batches import inject, park
+from npr_engine.sched.kv import alias_prefix, join_rows
+from npr_engine.sched.state import Block, Phase, Seq, Unit
+
+logger = logging.getLogger("npr_engine")
+
+BRANCH_RID_PREFIX = "npr-branch-"
+# SGLang must never finish a branch by length before our own budget does.
+_BRANCH_LENGTH_MARGIN = 64
+
+
+class ForkJoin:
+    def __init__(self, controller):
+        self.ctl = controller
+        self.scheduler = controller.scheduler
+
+    # -- accounting ---------------------------------------------------------------------
+
+    def unit_tokens(self, unit: Unit) -> int:
+        """Completion tokens of the whole unit: the root's plus every unjoined branch's."""
+        return _subtree_tokens(unit.root)
+
+    def closing_reserve(self, unit: Unit) -> int:
+        close_len = len(self.ctl.tokens(unit.root.schema.branch_close))
+        return close_len * sum(1 for s in _live_branches(unit.root) if s.close_reason is None)
+
+    def count_parallel(self, stepped: list[Seq], closing: list[Seq]) -> None:
+        """Parallel-rate counters: a branch token counts as parallel if a sibling also ran."""
+        running: dict[int, int] = {}
+        for seq in (*stepped, *closing):
+            if seq.is_branch:
+                running[id(seq.block)] = running.get(id(seq.block), 0) + 1
+        for seq in stepped:
+            if seq.is_branch:
+                seq.block.trace.decoded += 1
+                if running[id(seq.block)] > 1:
+                    seq.block.trace.decoded_with_sibling += 1
+
+    # -- park ---------------------------------------------------------------------------
+
+    def park(self, batch, seqs: list[Seq]) -> None:
+        for seq in seqs:
+            seq.path.tokens = seq.own_tokens()
+            self._debug("park", seq=seq.req.rid, row=seq.req.kv.req_pool_idx, kv=seq.req.kv.kv_committed_len)
+        park(batch, [s.req for s in seqs])
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def fork(self, batch, seq: Seq, plan_items: tuple[str, ...]) -> None:
+        width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
+        width = max(width, 1)
+        reason = self._fallback_reason(seq, width)
+        block_trace = seq.unit.trace.new_block(
+            parent_block=seq.block.trace.id if seq.is_branch else None,
+            parent_path=seq.path.index if seq.is_branch else None,
+            depth=seq.depth + 1,
+            fork_offset=len(seq.req.output_ids) - seq.fork_out_len,
+            width=width,
+            fallback=reason,
+        )
+        if seq.is_branch:
+            seq.path.children.append(block_trace)
+        if reason is not None:
+            # The parser keeps reading the block as sequential text.
+            return
+        parent = seq.req
+        prefix_len = parent.kv.kv_committed_len
+        assert prefix_len == len(parent.origin_input_ids) + len(parent.output_ids) - 1, "not at a step boundary"
+        pool = self.scheduler.req_to_token_pool
+        rows = pool.alloc_rows(width)
+        alias_prefix(pool.req_to_token, parent.kv.req_pool_idx, rows, prefix_len)
+        block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len)
+        for i, row in enumerate(rows, start=1):
+            block.branches.append(self._make_branch(seq, block, i, row))
+        block_trace.paths = [b.path for b in block.branches]
+        seq.phase, seq.child = Phase.FORKED, block
+        seq.unit.blocks_open += 1
+        park(batch, [parent])
+        pending = parent.output_ids[-1]
+        inject(self.scheduler, [b.req for b in block.branches], [pending] * width)
+        self._debug("fork", rid=parent.rid, prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
+                    rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
+
+    def _fallback_reason(self, seq: Seq, width: int) -> str | None:
+        if seq.depth + 1 > seq.options.max_depth:
+            return "depth"
+        header_cost = max(len(self.ctl.tokens(seq.schema.header(i))) for i in range(1, width + 1))
+        per_branch = header_cost + len(self.ctl.tokens(seq.schema.branch_close)) + 2
+        need = width * per_branch + len(self.ctl.tokens(seq.schema.join_header))
+        root = seq.unit.root.req
+        left = root.sampling_params.max_new_tokens - self.unit_tokens(seq.unit) - self.closing_reserve(seq.unit)
+        if left < need:
+            return "max_tokens"
+        s = self.scheduler
+        free_kv = s.token_to_kv_pool_allocator.available_size() + s.tree_cache.evictable_size()
+        if free_kv < width * per_branch * 2:
+            return "kv_slots"
+        running = len(s.running_batch.reqs) if s.running_batch else 0
+        if s.req_to_token_pool.available_size() < width or running + width - 1 > s.max_running_requests:
+            return "max_running_requests"
+        return None
+
+    def _make_branch(self, parent_seq: Seq, block: Block, index: int, row: int) -> Seq:
+        parent = parent_seq.req
+        params = copy.copy(parent.sampling_params)
+        # User stops apply outside branches only; EOS and budgets are ours to enforce.
+        params.stop_strs, params.stop_str_max_len = [], 0
+        params.stop_regex_strs, params.stop_regex_max_len = [], 0
+        params.stop_token_ids = None
+        params.ignore_eos = True
+        params.max_new_tokens = parent_seq.unit.root.req.sampling_params.max_new_tokens + _BRANCH_LENGTH_MARGIN
+        if params.sampling_seed is not None:
+            # Siblings must not draw the same random stream.
+            params.sampling_seed = (params.sampling_seed + 7919 * index) % (2**63)
+        custom = dict(parent.sampling_params.custom_params or {})
+        custom["npr_branch"] = {"path": index, "depth": parent_seq.depth + 1}
+        params.custom_params = custom
+        req = Req(
+            rid=f"{BRANCH_RID_PREFIX}{uuid.uuid4().hex}",
+            origin_input_text="",
+            origin_input_ids=parent.origin_input_ids,
+            sampling_params=params,
+            eos_token_ids=parent.eos_token_ids,
+            vocab_size=parent.vocab_size,
+            lora_id=parent.lora_id,
+            custom_logit_processor=parent.custom_logit_processor,
+        )
+        req.output_ids = array("q", parent.output_ids)
+        req.tokenizer = parent.tokenizer
+        req.multimodal_inputs = None
+        req.skip_radix_cache_insert = True
+        req.kv.req_pool_idx = row
+        # NOTE: the protected length is what keeps a branch from ever freeing the
+        # parent's slots; the parent's own tree lock keeps the prompt alive.
+        req.kv.cache_protected_len = block.prefix_len
+        req.kv.kv_committed_len = req.kv.kv_allocated_len = block.prefix_len
+        schema = parent_seq.schema
+        seq = Seq(
+            req=req, unit=parent_seq.unit, options=parent_seq.options, schema=schema,
+            parser=TagParser(schema, "branch"), decoder=IncrementalDecoder(self.ctl.decode),
+            depth=parent_seq.depth + 1, block=block, path=PathTrace(index=index),
+            fork_out_len=len(parent.output_ids), pos_offset=parent_seq.pos_offset,
+        )
+        seq.forced.extend(self.ctl.tokens(schema.header(index)))
+        req.npr = seq
+        return seq
+
+    # -- join ---------------------------------------------------------------------------
+
+    def join_ready(self, blocks: list[Block]) -> None:
+        seen = set()
+        for block in blocks:
+            if id(block) not in seen and block.all_parked():
+                seen.add(id(block))
+                self.join(block)
+
+    def join(self, block: Block) -> None:
+        seq, parent = block.parent, block.parent.req
+        pool = self.scheduler.req_to_token_pool
+        branches = [b.req for b in block.branches]
+        kv_len, duplicates = join_rows(
+            pool.req_to_token, parent.kv.req_pool_idx, block.prefix_len,
+            [(b.kv.req_pool_idx, b.kv.kv_committed_len) for b in branches],
+        )
+        fork_len = len(parent.output_ids)
+        for b in branches:
+            parent.output_ids.extend(b.output_ids[fork_len:])
+        # Shared positions: the continuation starts after the longest branch.
+        next_pos = max(b.kv.kv_committed_len - b.npr.pos_offset for b in branches)
+        seq.pos_offset = kv_len - next_pos
+        if duplicates.numel():
+            self.scheduler.token_to_kv_pool_allocator.free(duplicates)
+        pool.free_rows([b.kv.req_pool_idx for b in branches])
+        for b in branches:
+            b.kv.req_pool_idx = None
+            b.kv.mark_kv_released()
+        parent.kv.kv_committed_len = parent.kv.kv_allocated_len = kv_len
+        # The joined token ids do not describe their KV positions: keep it out of the tree.
+        parent.skip_radix_cache_insert = True
+        seq.decoder.push(parent.output_ids[fork_len:])
+        seq.parser.on_join()
+        seq.phase, seq.child = Phase.ACTIVE, None
+        seq.unit.blocks_open -= 1
+        self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
+                    freed=duplicates.tolist())
+        if seq.is_branch:
+            seq.path.tokens = seq.own_tokens()
+        self._resume(seq, block)
+
+    def _resume(self, seq: Seq, block: Block) -> None:
+        """Feed the join header and put the parent back in the running batch."""
+        parent = seq.req
+        header = self.ctl.tokens(seq.schema.join_header)
+        block.trace.join_tokens = len(header)
+        budget = seq.unit.root.req.sampling_params.max_new_tokens
+        if not seq.is_branch and len(parent.output_ids) + len(header) >= budget:
+            self._finish_length(seq)
+            return
+        parent.output_ids.append(header[0])
+        seq.forced.extend(header[1:])
+        seq.injected += 1
+        seq.parser.feed(seq.decoder.push([header[0]]))
+        inject(self.scheduler, [parent], [header[0]])
+
+    def _finish_length(self, seq: Seq) -> None:
+        """max_tokens ran out inside the block: finish now, close the block in the text."""
+        parent = seq.req
+        seq.unit.closing_text = seq.schema.join_header + seq.parser.closing_text()
+        parent.finished_reason = FINISH_LENGTH(length=parent.sampling_params.max_new_tokens)
+        parent.finished_len = len(parent.output_ids)
+        release_kv_cache(parent, self.scheduler.tree_cache, checkpoint=False)
+        self.scheduler.output_streamer.stream_output([parent], parent.return_logprob)
+
+    def _debug(self, event: str, **fields) -> None:
+        if self.ctl.debug_events is not None:
+            self.ctl.debug_events.append({"event": event, **fields})
+
+
+def _subtree_tokens(seq: Seq) -> int:
+    own = len(seq.req.output_ids) - seq.fork_out_len
+    if seq.child is not None:
+        own += sum(_subtree_tokens(b) for b in seq.child.branches)
+    return own
+
+
+def _live_branches(seq: Seq):
+    if seq.child is not None:
+        for b in seq.child.branches:
+            if b.phase is Phase.ACTIVE:
+                yield b
+            yield from _live_branches(b)

@@ -1,0 +1,71 @@
+"""NPR state attached to SGLang requests: sequences, blocks and units.
+
+A *unit* is a root request plus every branch forked from it, at any depth; SGLang
+sees each live sequence as an ordinary `Req`. Each `Req` we track carries a `Seq` in
+`req.npr`. A `Block` is one fork: a parked parent and its W branch sequences.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from npr_engine.core.detok import IncrementalDecoder
+from npr_engine.core.options import NprOptions
+from npr_engine.core.trace import BlockTrace, PathTrace, RequestTrace
+from npr_engine.grammar import TagParser, TagSchema
+
+
+class Phase(Enum):
+    ACTIVE = "active"  # decoding in the running batch
+    FORKED = "forked"  # parked parent waiting for its block to join
+    CLOSING = "closing"  # branch wrote its last token; one step computes that token's KV
+    PARKED = "parked"  # branch finished, KV kept for the join
+
+
+@dataclass
+class Unit:
+    root: Seq | None
+    trace: RequestTrace
+    blocks_open: int = 0
+    closing_text: str = ""  # appended to the returned text, never to the KV
+
+
+@dataclass
+class Seq:
+    req: object  # sglang Req
+    unit: Unit
+    options: NprOptions
+    schema: TagSchema
+    parser: TagParser
+    decoder: IncrementalDecoder
+    depth: int = 0  # enclosing blocks
+    block: Block | None = None  # the block this sequence is a branch of
+    path: PathTrace | None = None
+    forced: deque = field(default_factory=deque)  # token ids to inject, one per step
+    phase: Phase = Phase.ACTIVE
+    close_reason: str | None = None  # set when the branch must close (budget, eos, length)
+    fork_out_len: int = 0  # branch: len(output_ids) of the parent at the fork
+    child: Block | None = None  # parent: the block it waits for
+    pos_offset: int = 0  # stock position minus the `shared` position (DESIGN.md section 3)
+    injected: int = 0  # tokens of this sequence that the engine injected
+
+    @property
+    def is_branch(self) -> bool:
+        return self.block is not None
+
+    def own_tokens(self) -> int:
+        """Branch tokens after the fork (header, generated text, close tag)."""
+        return len(self.req.output_ids) - self.fork_out_len
+
+
+@dataclass
+class Block:
+    trace: BlockTrace
+    parent: Seq
+    prefix_len: int  # L: slots shared by every branch (the fork token's KV excluded)
+    branches: list[Seq] = field(default_factory=list)
+
+    def all_parked(self) -> bool:
+        return all(b.phase is Phase.PARKED for b in self.branches)

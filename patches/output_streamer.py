@@ -1,0 +1,65 @@
+"""Hook: `sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class` (AFTER),
+SGLang 0.5.23 (the seam SGLang provides for custom output streamers).
+
+Branch requests are internal: they never reach the detokenizer. A tracked request's
+trace travels with its final output as customized info `npr_trace`, which the
+tokenizer-side hook (patches/tokenizer_meta.py) turns into `meta_info["npr_trace"]`.
+"""
+
+from __future__ import annotations
+
+from npr_engine.hooks import Hook, Kind
+
+TRACE_KEY = "npr_trace"
+
+
+def trace_of(req) -> dict | None:
+    seq = req.__dict__.get("npr")
+    if seq is None or seq.is_branch:
+        return None
+    trace = seq.unit.trace
+    trace.total_tokens = len(req.output_ids)
+    out = trace.to_dict()
+    closing = seq.unit.closing_text or seq.parser.closing_text()
+    if closing:
+        out["closing_text"] = closing
+    return out
+
+
+def npr_streamer(base: type) -> type:
+    class NprOutputStreamer(base):
+        has_additional_customized_info = True
+        __slots__ = ()
+
+        def stream_output(self, reqs, return_logprob, skip_req=None):
+            visible = [r for r in reqs if not _is_branch(r)]
+            if visible:
+                super().stream_output(visible, return_logprob, skip_req)
+
+        def build_additional_customized_info(self, reqs):
+            values = []
+            for req in reqs:
+                trace = trace_of(req) if req.finished() else None
+                values.append([trace] if trace is not None else [])
+            return {TRACE_KEY: values}
+
+    NprOutputStreamer.__name__ = f"Npr{base.__name__}"
+    return NprOutputStreamer
+
+
+def _is_branch(req) -> bool:
+    seq = req.__dict__.get("npr")
+    return seq is not None and seq.is_branch
+
+
+def use_npr_streamer(cls, scheduler, *args, **kwargs):
+    return npr_streamer(cls)
+
+
+HOOKS = [
+    Hook(
+        "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class",
+        Kind.AFTER,
+        use_npr_streamer,
+    )
+]

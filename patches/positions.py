@@ -1,0 +1,39 @@
+"""Hook: `sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new` (AFTER),
+SGLang 0.5.23.
+
+Decode positions are `seq_len - 1`, tied to the row length. After a join the row holds
+prefix + every branch, but under the `shared` policy the continuation's position is
+the fork position plus the longest branch: subtract each request's offset here.
+`seq_lens` stays the true KV length (attention reads every slot). The decode CUDA
+graph copies `forward_batch.positions`, so the offset survives graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from npr_engine.hooks import Hook, Kind
+
+
+def shift_positions(forward_batch, cls, batch, *args, **kwargs):
+    if not forward_batch.forward_mode.is_decode():
+        return forward_batch
+    offsets = [_offset(req) for req in batch.reqs]
+    if any(offsets):
+        shift = torch.tensor(offsets, dtype=forward_batch.positions.dtype)
+        forward_batch.positions = forward_batch.positions - shift.to(forward_batch.positions.device)
+    return forward_batch
+
+
+def _offset(req) -> int:
+    seq = req.__dict__.get("npr")
+    return seq.pos_offset if seq is not None else 0
+
+
+HOOKS = [
+    Hook(
+        "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
+        Kind.AFTER,
+        shift_positions,
+    )
+]
