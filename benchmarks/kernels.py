@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -176,12 +175,15 @@ def tune(model: Model, width: int, prefix: int, kinds: tuple[str, ...],
     return results
 
 
-def table(rows: list[dict], copy_bw: float, gpu: str) -> str:
-    lines = [f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s; ms per step of {rows[0]['layers']} layers"
+def table(rows: list[dict], copy_bw: float, gpu: str, layers: int) -> str:
+    lines = [f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s; ms per step of {layers} layers"
              " (x floor), bf16, 32q/8kv heads, d128, 256-token suffixes",
              f"{'W':>3} {'prefix':>6} | {'per-seq ms':>10} {'xfloor':>6} {'GB/s':>6} | "
              f"{'shared ms':>9} {'xfloor':>6} {'GB/s':>6} | {'speedup':>7} | {'err p/s':>15} graph"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"{r['width']:>3} {r['prefix']:>6} | ERROR {r['error']}")
+            continue
         graph_ok = "ok" if max(r["per_seq_graph_max_diff"], r["shared_graph_max_diff"]) == 0 else "DIFF"
         lines.append(
             f"{r['width']:>3} {r['prefix']:>6} | {r['per_seq_step_ms']:>10.3f} {r['per_seq_vs_floor']:>6.2f}"
@@ -191,11 +193,22 @@ def table(rows: list[dict], copy_bw: float, gpu: str) -> str:
     return "\n".join(lines)
 
 
+def tuning_table(tuning: list[dict]) -> str:
+    lines = ["tuning (ms per step; one knob changed from the defaults):"]
+    for t in tuning:
+        knob = {k: v for k, v in t.items() if k not in ("kernel", "width", "prefix", "step_ms", "error")}
+        result = f"{t['step_ms']:.3f}" if "step_ms" in t else t.get("error", "?")
+        lines.append(f"  {t['kernel']:>7} W={t['width']:<2} {t['prefix']:>5}: {knob} -> {result}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--layers", type=int, default=36)
     parser.add_argument("--no-tune", action="store_true", help="skip the block/split sweeps")
+    parser.add_argument("--budget-s", type=float, default=120,
+                        help="skip the repeat and tuning sweeps once this many seconds have passed")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU; none is visible", file=sys.stderr)
@@ -208,32 +221,46 @@ def main() -> int:
     start = time.time()
     copy_bw = copy_bandwidth()
     model = Model(args.layers)
-    rows, tuning = [], []
+    rows: list[dict] = []
+    tuning: list[dict] = []
+    result: dict = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
+                    "copy_bytes_per_s": copy_bw, "rows": rows, "tuning": tuning}
+
+    def save() -> str:
+        # Written after every step, so a run cut short by a timeout still leaves results.
+        text = table(rows, copy_bw, gpu, args.layers)
+        result["seconds"] = time.time() - start
+        (args.outdir / "kernels.json").write_text(json.dumps(result, indent=1))
+        (args.outdir / "kernels_table.txt").write_text(text + "\n")
+        return text
+
     for prefix in PREFIXES:
         for width in WIDTHS:
-            row = {"layers": args.layers, **run_config(model, width, prefix, copy_bw)}
+            try:
+                row = {"layers": args.layers, **run_config(model, width, prefix, copy_bw)}
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next config
+                row = {"width": width, "prefix": prefix, "error": f"{type(exc).__name__}: {exc}"[:300]}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    # The same version timed twice: the spread between the two is the noise level.
-    repeat = run_config(model, 8, 16384, copy_bw)
-    if not args.no_tune:
-        tuning = tune(model, 8, 16384, ("shared", "per_seq"), TUNE_VARIANTS)
+            save()
+    if time.time() - start < args.budget_s:
+        # The same version timed twice: the spread between the two is the noise level.
+        repeat = run_config(model, 8, 16384, copy_bw)
+        result["repeat_w8_16k"] = {k: repeat[f"{k}_step_ms"] for k in ("per_seq", "shared")}
+        print(f"repeat W=8 16k: {result['repeat_w8_16k']}", flush=True)
+    if not args.no_tune and time.time() - start < args.budget_s:
+        tuning += tune(model, 8, 16384, ("shared", "per_seq"), TUNE_VARIANTS)
+        save()
+    if not args.no_tune and time.time() - start < args.budget_s:
         tuning += tune(model, 16, 32768, ("shared",), [{}, {"num_warps": 8}, {"block_n": 32},
                                                        {"block_n": 128}, {"split_scale": 0.5},
                                                        {"split_scale": 2.0}])
-    text = table(rows, copy_bw, gpu)
-    spread = {k: repeat[f"{k}_step_ms"] for k in ("per_seq", "shared")}
-    result = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
-              "copy_bytes_per_s": copy_bw, "rows": rows, "repeat_w8_16k": spread,
-              "tuning": tuning, "seconds": time.time() - start}
-    (args.outdir / "kernels.json").write_text(json.dumps(result, indent=1))
-    (args.outdir / "kernels_table.txt").write_text(text + "\n")
-    print(f"repeat W=8 16k: {spread} (seconds total {time.time() - start:.0f})")
+    text = save()
+    print(tuning_table(tuning))
+    print(f"seconds total {time.time() - start:.0f}")
     print(text)
-    bad = [r for r in rows if max(r["per_seq_rel_err"], r["shared_rel_err"]) > 2e-2
-           or not math.isfinite(r["shared_rel_err"])]
+    bad = [r for r in rows if "error" in r or not max(r["per_seq_rel_err"], r["shared_rel_err"]) < 2e-2]
     return 1 if bad else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
