@@ -179,7 +179,8 @@ def table(rows: list[dict], copy_bw: float, gpu: str, layers: int) -> str:
     lines = [f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s; ms per step of {layers} layers"
              " (x floor), bf16, 32q/8kv heads, d128, 256-token suffixes",
              f"{'W':>3} {'prefix':>6} | {'per-seq ms':>10} {'xfloor':>6} {'GB/s':>6} | "
-             f"{'shared ms':>9} {'xfloor':>6} {'GB/s':>6} | {'speedup':>7} | {'err p/s':>15} graph"]
+             f"{'shared ms':>9} {'us/layer':>8} {'xfloor':>6} {'GB/s':>6} | {'speedup':>7} |"
+             f" {'err p/s':>15} graph"]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['width']:>3} {r['prefix']:>6} | ERROR {r['error']}")
@@ -187,7 +188,8 @@ def table(rows: list[dict], copy_bw: float, gpu: str, layers: int) -> str:
         graph_ok = "ok" if max(r["per_seq_graph_max_diff"], r["shared_graph_max_diff"]) == 0 else "DIFF"
         lines.append(
             f"{r['width']:>3} {r['prefix']:>6} | {r['per_seq_step_ms']:>10.3f} {r['per_seq_vs_floor']:>6.2f}"
-            f" {r['per_seq_gbps']:>6.0f} | {r['shared_step_ms']:>9.3f} {r['shared_vs_floor']:>6.2f}"
+            f" {r['per_seq_gbps']:>6.0f} | {r['shared_step_ms']:>9.3f} {r['shared_layer_ms'] * 1e3:>8.1f}"
+            f" {r['shared_vs_floor']:>6.2f}"
             f" {r['shared_gbps']:>6.0f} | {r['speedup']:>7.2f} |"
             f" {r['per_seq_rel_err']:.1e}/{r['shared_rel_err']:.1e} {graph_ok}")
     return "\n".join(lines)
