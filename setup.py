@@ -15,6 +15,7 @@ setup(
         "npr_engine.grammar",
         "npr_engine.core",
         "npr_engine.sched",
+        "npr_engine.api",
         "npr_engine.patches",
         "npr_engine.kernels",
     ],

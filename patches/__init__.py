@@ -21,6 +21,8 @@ HOOK_MODULES = (
     "output_streamer",
     "positions",
     "tokenizer_meta",
+    "openai_response",
+    "detok_closing",
 )
 
 

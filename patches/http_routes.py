@@ -3,6 +3,7 @@
 Adds our routes to SGLang's own FastAPI app before it starts serving:
 - `GET /npr/info`: our version, SGLang's version, active hooks, known schemas, and
   what the scheduler reported at start-up;
+- the `parallel` request field (npr_engine/api/middleware.py);
 - `/health` and `/health_generate` answer 503 until the scheduler's handshake says
   the plugin is active there (a server whose scheduler runs unpatched is not healthy).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from npr_engine.api.middleware import ParallelRequestMiddleware
 from npr_engine.hooks import Hook, Kind
 from npr_engine.info import plugin_status
 
@@ -47,6 +49,7 @@ def add_routes(*args, **kwargs):
     _installed_on.add(id(app))
     app.add_api_route("/npr/info", npr_info, methods=["GET"])
     app.middleware("http")(_gate_health)
+    app.add_middleware(ParallelRequestMiddleware)
     return None
 
 

@@ -1,0 +1,1 @@
+"""HTTP layer: OpenAI request/response extensions (no tensors here)."""
