@@ -23,6 +23,7 @@ HOOK_MODULES = (
     "tokenizer_meta",
     "openai_response",
     "detok_closing",
+    "sampling_params",
 )
 
 

@@ -10,6 +10,8 @@ import os
 
 # NOTE: before anything imports SGLang: its CPU engine is chosen at import time.
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
+# Scheduler processes record fork/join slot ids so tests can assert them exactly.
+os.environ.setdefault("NPR_DEBUG_SLOTS", "1")
 
 import pytest  # noqa: E402
 

@@ -1,0 +1,69 @@
+"""The `parallel` request field and response fields over HTTP (official openai client)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+FORCED = {"force": True, "paths": 2, "max_path_tokens": 10}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="none")
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
+
+
+def test_chat_completion_with_parallel_block(server, client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2+2?"}],
+        max_tokens=48, temperature=0, extra_body={"parallel": FORCED},
+    )
+    choice = reply.choices[0]
+    trace = choice.model_extra["parallel_trace"]
+    assert choice.message.content.startswith("<parallel><path>1: ")
+    assert trace["blocks"][0]["width"] == 2
+    assert trace["total_tokens"] == reply.usage.completion_tokens == 48
+    assert reply.usage.model_extra["critical_path_tokens"] == trace["critical_path_tokens"] < 48
+    server.assert_kv_idle()
+
+
+def test_completion_with_parallel_block(server, client, model):
+    reply = client.completions.create(
+        model=model, prompt="The sky is", max_tokens=40, temperature=0, extra_body={"parallel": FORCED}
+    )
+    trace = reply.choices[0].model_extra["parallel_trace"]
+    assert reply.choices[0].text.startswith("<parallel><path>1: ")
+    assert [p["index"] for p in trace["blocks"][0]["paths"]] == [1, 2]
+    server.assert_kv_idle()
+
+
+def test_native_generate_takes_custom_params(server):
+    body = {"text": "The sky is", "sampling_params": {"max_new_tokens": 40, "temperature": 0,
+                                                      "custom_params": {"npr": FORCED}}}
+    out = httpx.post(server.base_url + "/generate", json=body, timeout=120).json()
+    assert out["text"].startswith("<parallel><path>1: ")
+    assert out["meta_info"]["npr_trace"]["blocks"][0]["width"] == 2
+    server.assert_kv_idle()
+
+
+@pytest.mark.parametrize(
+    ("parallel", "param"),
+    [({"paths": 0}, "parallel.paths"), ({"schema": "nope"}, "parallel.schema"),
+     ({"max_path_tokens": -3}, "parallel.max_path_tokens"), ({"paths": "two"}, "parallel.paths"),
+     ({"positions": "sideways"}, "parallel.positions"), ({"paths": 9}, "parallel.paths"), ("yes", "parallel")],
+)
+def test_invalid_parallel_options_are_400(server, model, parallel, param):
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                       ("/v1/completions", {"prompt": "hi"})):
+        resp = httpx.post(server.base_url + path, json={"model": model, "max_tokens": 4, "parallel": parallel,
+                                                        **body}, timeout=30)
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+    assert httpx.get(server.base_url + "/health", timeout=30).status_code == 200
