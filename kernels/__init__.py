@@ -4,7 +4,7 @@ decode_paged: per-sequence split-K decode (GQA folded into the query tile).
 shared_prefix_decode: sibling branches read their shared prefix KV once.
 """
 
-from .decode_paged import decode_paged, default_splits
+from .decode_paged import decode_paged
 from .reference import decode_reference, join_slot_lists
 from .shared_prefix import (
     SharedPrefixMeta,
@@ -12,14 +12,16 @@ from .shared_prefix import (
     shared_prefix_decode,
     shared_prefix_reference,
 )
+from .tuning import TileConfig, tile_config
 
 __all__ = [
     "SharedPrefixMeta",
+    "TileConfig",
     "build_shared_prefix_meta",
     "decode_paged",
     "decode_reference",
-    "default_splits",
     "join_slot_lists",
     "shared_prefix_decode",
     "shared_prefix_reference",
+    "tile_config",
 ]

@@ -42,28 +42,32 @@ def join_slot_lists(
     prefix_indptr: torch.Tensor,  # [G + 1]
     prefix_indices: torch.Tensor,  # [nnz_prefix]
     group_indptr: torch.Tensor,  # [G + 1]
-    group_rows: torch.Tensor,  # [B]
+    group_rows: torch.Tensor,  # [members]
+    row_in_group: torch.Tensor,  # [B]
     suffix_indptr: torch.Tensor,  # [B + 1]
     suffix_indices: torch.Tensor,  # [nnz_suffix]
 ) -> tuple[torch.Tensor, torch.Tensor]:  # kv_indptr [B + 1], kv_indices [nnz]
-    """Per-row slot lists (group prefix, then the row's own suffix) of a shared-prefix
-    layout; raises ValueError unless every batch row belongs to exactly one group."""
+    """Per-row slot lists (group prefix if any, then the row's own suffix) of a
+    shared-prefix layout; raises ValueError unless the rows in groups are exactly the
+    rows `row_in_group` marks, each in one group."""
     batch = suffix_indptr.numel() - 1
     p_ptr, g_ptr = prefix_indptr.tolist(), group_indptr.tolist()
-    s_ptr, rows = suffix_indptr.tolist(), group_rows.tolist()
+    s_ptr, rows, marked = suffix_indptr.tolist(), group_rows.tolist(), row_in_group.tolist()
     group_of_row = [-1] * batch
     for g in range(len(g_ptr) - 1):
         for r in rows[g_ptr[g] : g_ptr[g + 1]]:
             if not 0 <= r < batch or group_of_row[r] != -1:
                 raise ValueError(f"group_rows: row {r} out of range or in two groups")
             group_of_row[r] = g
-    if -1 in group_of_row:
-        raise ValueError(f"group_rows: row {group_of_row.index(-1)} is in no group")
-    lists = []
+    for b in range(batch):
+        if bool(marked[b]) != (group_of_row[b] != -1):
+            raise ValueError(f"row_in_group[{b}] = {marked[b]} but the row is"
+                             f" {'in no group' if group_of_row[b] == -1 else 'in a group'}")
+    lists, lengths = [], []
     for b, g in enumerate(group_of_row):
-        lists.append(prefix_indices[p_ptr[g] : p_ptr[g + 1]])
-        lists.append(suffix_indices[s_ptr[b] : s_ptr[b + 1]])
-    lengths = [p_ptr[g + 1] - p_ptr[g] + s_ptr[b + 1] - s_ptr[b] for b, g in enumerate(group_of_row)]
+        prefix = prefix_indices[p_ptr[g] : p_ptr[g + 1]] if g >= 0 else prefix_indices[:0]
+        lists += [prefix, suffix_indices[s_ptr[b] : s_ptr[b + 1]]]
+        lengths.append(prefix.numel() + s_ptr[b + 1] - s_ptr[b])
     kv_indptr = torch.zeros(batch + 1, dtype=torch.int32)
     kv_indptr[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
     kv_indices = torch.cat(lists).to(torch.int32) if lists else prefix_indices[:0]

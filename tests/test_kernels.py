@@ -210,24 +210,61 @@ def test_meta_layout_and_padding_group() -> None:
     """Exact metadata for a small case; a padding group without rows is harmless."""
     kv_indptr, kv_indices = to_device([[5, 9, 2, 7], [5, 9, 3], [8]])
     meta = build_shared_prefix_meta(kv_indptr, kv_indices, [([1, 0], 2)])
-    assert meta.prefix_indptr.tolist() == [0, 2, 2]
+    assert meta.prefix_indptr.tolist() == [0, 2]
     assert meta.prefix_indices.tolist() == [5, 9]
-    assert meta.group_indptr.tolist() == [0, 2, 3]
-    assert meta.group_rows.tolist() == [1, 0, 2]
+    assert meta.group_indptr.tolist() == [0, 2]
+    assert meta.group_rows.tolist() == [1, 0]
+    assert meta.row_in_group.tolist() == [1, 1, 0]  # row 2 is in no group: no prefix columns
     assert meta.suffix_indptr.tolist() == [0, 2, 3, 4]
     assert meta.suffix_indices.tolist() == [2, 7, 3, 8]
     i32 = {"dtype": torch.int32, "device": DEVICE}
-    padded = SharedPrefixMeta(  # a third group with a prefix but no rows
-        prefix_indptr=torch.tensor([0, 2, 2, 4], **i32),
+    padded = SharedPrefixMeta(  # a second group with a prefix but no rows
+        prefix_indptr=torch.tensor([0, 2, 4], **i32),
         prefix_indices=torch.tensor([5, 9, 1, 2], **i32),
-        group_indptr=torch.tensor([0, 2, 3, 3], **i32), group_rows=meta.group_rows,
-        suffix_indptr=meta.suffix_indptr, suffix_indices=meta.suffix_indices, max_group_size=2)
+        group_indptr=torch.tensor([0, 2, 2], **i32), group_rows=meta.group_rows,
+        row_in_group=meta.row_in_group, suffix_indptr=meta.suffix_indptr,
+        suffix_indices=meta.suffix_indices, max_group_size=2)
     gen = torch.Generator().manual_seed(5)
     k, v = make_cache(2, torch.float32, gen)
     q = make_q(3, 4, torch.float32, gen)
     ref = decode_reference(q, k, v, kv_indptr, kv_indices, 0.5, torch.float32)
     out = shared_prefix_decode(q, k, v, padded, 0.5, out=poisoned(q))
     assert rel_err(out, ref) < TOL[torch.float32]
+
+
+def test_groups_of_one_take_the_per_sequence_path() -> None:
+    """W = 1 blocks and cut-off single members share nothing: no group programs at all,
+    and the result is decode_paged's, bit for bit (same kernel, same splits)."""
+    gen, rng = torch.Generator().manual_seed(4), random.Random(4)
+    k, v = make_cache(2, torch.bfloat16, gen)
+    rows, groups = nested_join_rows([1, 1], [70, 30], rng)
+    kv_indptr, kv_indices = to_device(rows)
+    meta = build_shared_prefix_meta(kv_indptr, kv_indices, groups)
+    assert meta.num_groups == 0 and meta.row_in_group.tolist() == [0, 0]
+    assert torch.equal(meta.suffix_indices, kv_indices)
+    q = make_q(2, 8, torch.bfloat16, gen)
+    shared = shared_prefix_decode(q, k, v, meta, 0.2, out=poisoned(q))
+    plain = decode_paged(q, k, v, kv_indptr, kv_indices, 0.2, max_kv_len=meta.max_suffix_len)
+    assert torch.equal(shared, plain)
+    cut = build_shared_prefix_meta(*to_device([[1, 2, 3]] * 17), [(range(17), 2)], check=False)
+    assert cut.group_indptr.tolist() == [0, 9, 17]  # 9 + 8, not 16 + a lone row
+
+
+def test_prefetch_and_tile_knobs() -> None:
+    """Every tile knob the benchmark sweeps computes the same function."""
+    gen, rng = torch.Generator().manual_seed(6), random.Random(6)
+    k, v = make_cache(2, torch.bfloat16, gen)
+    rows, groups = nested_join_rows([3], [100], rng)
+    rows.append(rng.sample(range(NUM_SLOTS), 50))
+    kv_indptr, kv_indices = to_device(rows)
+    meta = build_shared_prefix_meta(kv_indptr, kv_indices, groups)
+    q = make_q(len(rows), 8, torch.bfloat16, gen)
+    ref = decode_reference(q, k, v, kv_indptr, kv_indices, 0.2, torch.float32)
+    for knobs in ({"prefetch": True, "block_n": 16}, {"block_n": 32, "programs_per_sm": 1}):
+        out = shared_prefix_decode(q, k, v, meta, 0.2, out=poisoned(q), **knobs)
+        assert rel_err(out, ref) < TOL[torch.bfloat16], knobs
+        out = decode_paged(q, k, v, kv_indptr, kv_indices, 0.2, out=poisoned(q), **knobs)
+        assert rel_err(out, ref) < TOL[torch.bfloat16], knobs
 
 
 def test_wrapper_validation() -> None:
@@ -276,11 +313,12 @@ def test_shared_prefix_validation() -> None:
         wide = build_shared_prefix_meta(wide_indptr, wide_indices, [(range(16), 1)])
         shared_prefix_decode(make_q(16, 16, torch.float32, gen), k, v, wide, 0.1)
     with pytest.raises(TypeError):
-        SharedPrefixMeta(kv_indptr.long(), kv_indices, kv_indptr, kv_indices, kv_indptr,
-                         kv_indices, max_group_size=1)
-    with pytest.raises(ValueError, match="in no group"):
+        SharedPrefixMeta(kv_indptr.long(), kv_indices, kv_indptr, kv_indices, kv_indices,
+                         kv_indptr, kv_indices, max_group_size=1)
+    with pytest.raises(ValueError, match="row_in_group"):
         join_slot_lists(meta.prefix_indptr, meta.prefix_indices, meta.group_indptr,
-                        meta.group_rows[:2], meta.suffix_indptr, meta.suffix_indices)
+                        meta.group_rows[:2], meta.row_in_group, meta.suffix_indptr,
+                        meta.suffix_indices)
 
 
 def test_repeat_runs_identical() -> None:

@@ -1,0 +1,132 @@
+"""Attention backend `npr_triton` (opt-in: `--attention-backend npr_triton`), SGLang 0.5.23.
+
+Hook: `sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new` (AFTER)
+tags each decode ForwardBatch with its rows' sibling info (`npr_rows`, from `req.npr`;
+None when no row is a branch). The positions hook wraps the same target; the two set
+different fields, so their order does not matter.
+
+Registration (at import, i.e. at plugin load, before SGLang parses its CLI): the name
+goes into `sglang.srt.arg_groups.choices.ATTENTION_BACKEND_CHOICES` and
+`sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS`. Nothing from the
+Triton backend or our kernels is imported until SGLang builds the backend on GPU.
+
+The backend is SGLang's TritonAttnBackend except eager decode steps whose batch holds a
+sibling group (npr_engine.attn_routing): those read each shared prefix once through
+npr_engine.kernels.shared_prefix_decode. CUDA-graph decode, speculative decoding,
+sliding windows, logit caps, sinks and scaled (fp8) KV all stay on the Triton path.
+Opt-in until an end-to-end GPU run gives the same tokens as `--attention-backend triton`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from npr_engine.attn_routing import rows_from_reqs
+from npr_engine.hooks import Hook, Kind
+
+BACKEND_NAME = "npr_triton"
+_INIT_NEW = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
+
+
+def tag_sibling_rows(forward_batch, cls, batch, *args, **kwargs):
+    """AFTER ForwardBatch.init_new: `forward_batch.npr_rows` for decode batches."""
+    rows = None
+    if forward_batch.forward_mode.is_decode():
+        found = rows_from_reqs(batch.reqs)
+        rows = found if any(r.key is not None for r in found) else None
+    forward_batch.npr_rows = rows
+    return forward_batch
+
+
+def register_backend() -> None:
+    """Adds `npr_triton` to SGLang's CLI choices and backend registry (idempotent)."""
+    from sglang.srt.arg_groups.choices import (
+        ATTENTION_BACKEND_CHOICES,
+        add_attention_backend_choices,
+    )
+    from sglang.srt.layers.attention.attention_registry import (
+        ATTENTION_BACKENDS,
+        register_attention_backend,
+    )
+
+    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND_NAME])
+    if BACKEND_NAME not in ATTENTION_BACKENDS:
+        register_attention_backend(BACKEND_NAME)(create_backend)
+
+
+def create_backend(runner):
+    """SGLang's factory signature: `fn(model_runner) -> AttentionBackend`."""
+    if runner.model_config.is_encoder_decoder or runner.use_mla_backend:
+        raise ValueError(f"--attention-backend {BACKEND_NAME} serves decoder-only MHA/GQA models")
+    return backend_class()(runner)
+
+
+@functools.cache
+def backend_class() -> type:
+    """The backend class, built on first use (imports SGLang's Triton backend)."""
+    from npr_engine.kernels import shared_prefix_decode
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+    from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+    from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
+
+    from npr_engine.attn_routing import plan_decode
+
+    class NprTritonAttnBackend(TritonAttnBackend):
+        """TritonAttnBackend + shared-prefix decode for eager steps with sibling groups."""
+
+        _npr_plan: tuple[object, object] | None = None  # (the ForwardBatch, its meta)
+
+        def init_forward_metadata(self, forward_batch):
+            super().init_forward_metadata(forward_batch)
+            self._npr_plan = None
+            rows = getattr(forward_batch, "npr_rows", None)
+            if (rows is None or forward_batch.spec_info is not None or get_is_capture_mode()
+                    or forward_batch.seq_lens_cpu is None or self.dcp_size > 1):
+                return
+            bs = forward_batch.batch_size
+            # NOTE: host lengths from seq_lens_cpu (no device sync); kv_indptr is their cumsum.
+            lens = forward_batch.seq_lens_cpu[:bs].tolist()
+            indptr = [0]
+            for n in lens:
+                indptr.append(indptr[-1] + int(n))
+            meta = plan_decode(indptr, self.forward_metadata.kv_indices[: indptr[-1]], rows)
+            if meta is not None:
+                self._npr_plan = (forward_batch, meta)
+
+        def init_forward_metadata_out_graph(self, *args, **kwargs):
+            self._npr_plan = None  # graph steps keep the Triton kernels they captured
+            return super().init_forward_metadata_out_graph(*args, **kwargs)
+
+        def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+            plan = self._npr_plan
+            if plan is None or plan[0] is not forward_batch or not _plain_layer(layer, kwargs):
+                return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+            if save_kv_cache:
+                loc = KVWriteLoc.for_batch(forward_batch, swa_loc=self.forward_metadata.swa_out_cache_loc)
+                self._set_kv_buffer(forward_batch, layer, loc, k, v, layer.k_scale, layer.v_scale)
+            # q, out: [B, Hq, D]; caches: [num_slots, Hkv, D]
+            q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+            pool = self.token_to_kv_pool
+            out = shared_prefix_decode(q3, pool.get_key_buffer(layer.layer_id),
+                                       pool.get_value_buffer(layer.layer_id), plan[1], layer.scaling)
+            return out.reshape(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    return NprTritonAttnBackend
+
+
+def _plain_layer(layer, kwargs: dict) -> bool:
+    """Layers the shared-prefix kernel computes exactly as Triton would."""
+    window = layer.sliding_window_size
+    return (
+        (window is None or window <= -1)
+        and layer.qk_head_dim == layer.v_head_dim
+        and not layer.logit_cap
+        and layer.k_scale is None
+        and all(kwargs.get(name) is None for name in ("sinks", "score_mod", "aux_tensors"))
+    )
+
+
+register_backend()
+
+HOOKS = [Hook(_INIT_NEW, Kind.AFTER, tag_sibling_rows)]
