@@ -46,7 +46,7 @@ class TileConfig:
 # the occupancy that leaves (KERNELS_NOTES.md, compiler report). Run 2 sweeps each knob.
 _DEFAULTS = {
     16: TileConfig(block_n=64, num_warps=2, num_stages=3, programs_per_sm=3, prefetch=True),
-    32: TileConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2, prefetch=True),
+    32: TileConfig(block_n=64, num_warps=2, num_stages=3, programs_per_sm=2, prefetch=True),  # run 2 sweep
     64: TileConfig(block_n=32, num_warps=4, num_stages=3, programs_per_sm=3, prefetch=True),
     128: TileConfig(block_n=32, num_warps=8, num_stages=2, programs_per_sm=1),
 }

@@ -18,7 +18,7 @@ class EnvConfig:
     tag_schema: str
 
     @classmethod
-    def from_env(cls) -> "EnvConfig":
+    def from_env(cls) -> EnvConfig:
         cache = os.environ.get("NPR_CACHE_DIR")
         return cls(
             cache_dir=Path(cache) if cache else _default_cache_dir(),

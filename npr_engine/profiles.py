@@ -10,7 +10,9 @@ PROFILES = ("cpu", "gpu")
 
 # Flags both profiles share. Page size 1 and the non-overlap scheduler are also forced
 # by the plugin (patches/server_args.py) so that sglang.Engine users get them too.
-COMMON_FLAGS = ["--page-size", "1", "--enable-metrics", "--disable-overlap-schedule"]
+COMMON_FLAGS = [
+    "--page-size", "1", "--enable-metrics", "--disable-overlap-schedule", "--reasoning-parser", "npr",
+]
 CPU_FLAGS = ["--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph"]
 
 # Share of physical memory the CPU profile gives the KV pool, and its bounds in tokens.

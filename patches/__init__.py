@@ -24,6 +24,10 @@ HOOK_MODULES = (
     "openai_response",
     "detok_closing",
     "sampling_params",
+    "attention_backend",
+    "abort",
+    "retraction",
+    "reasoning",
 )
 
 

@@ -26,11 +26,23 @@ def test_chat_completion_with_parallel_block(server, client, model):
     )
     choice = reply.choices[0]
     trace = choice.model_extra["parallel_trace"]
-    assert choice.message.content.startswith("<parallel><path>1: ")
+    # Reasoning split: the paths are reasoning, the summary and the rest are content.
+    reasoning = choice.message.model_extra["reasoning_content"]
+    assert reasoning.startswith("<parallel><path>1: ") and "<path>2: " in reasoning
+    assert "<summary>" not in reasoning and choice.message.content.startswith("<summary>")
     assert trace["blocks"][0]["width"] == 2
     assert trace["total_tokens"] == reply.usage.completion_tokens == 48
     assert reply.usage.model_extra["critical_path_tokens"] == trace["critical_path_tokens"] < 48
     server.assert_kv_idle()
+
+
+def test_separate_reasoning_off_keeps_everything_in_content(server, client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=48, temperature=0,
+        extra_body={"parallel": FORCED, "separate_reasoning": False},
+    )
+    assert reply.choices[0].message.content.startswith("<parallel><path>1: ")
+    assert not reply.choices[0].message.model_extra.get("reasoning_content")
 
 
 def test_completion_with_parallel_block(server, client, model):

@@ -12,7 +12,7 @@ def traces_of(ret: list[dict]) -> list[dict | None]:
 
 def add_parallel_fields(payload: dict, traces: list[dict | None]) -> dict:
     """payload: a serialized chat/completion response whose choices follow `ret` order."""
-    for choice, trace in zip(payload.get("choices", []), traces):
+    for choice, trace in zip(payload.get("choices", []), traces, strict=False):
         if trace is not None:
             choice["parallel_trace"] = {k: v for k, v in trace.items() if k != "closing_text"}
     critical = [t["critical_path_tokens"] for t in traces if t is not None]

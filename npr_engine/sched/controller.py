@@ -14,13 +14,15 @@ import logging
 import os
 from collections import deque
 
-import torch
+from sglang.srt.runtime_context import get_observability
 
 from npr_engine.core.detok import IncrementalDecoder
 from npr_engine.core.options import InvalidNprOptions, NprOptions
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
+from npr_engine.metrics import NprMetrics
 from npr_engine.sched.forking import ForkJoin
+from npr_engine.sched.lifecycle import UnitLifecycle
 from npr_engine.sched.state import Phase, Seq, Unit
 
 logger = logging.getLogger("npr_engine")
@@ -35,6 +37,8 @@ class Controller:
         self._token_cache: dict[str, list[int]] = {}
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
+        self.metrics = NprMetrics(bool(get_observability().enable_metrics))
+        self.lifecycle = UnitLifecycle(self)
 
     # -- text <-> tokens --------------------------------------------------------------
 
@@ -160,6 +164,8 @@ class Controller:
                 continue
             stepped.append(seq)
             if req.finished():
+                if not seq.is_branch and seq.unit.trace.blocks:
+                    self.metrics.finished(seq.unit.trace.parallel_rate)
                 continue
             text = seq.decoder.push(req.output_ids[prev:])
             for event in seq.parser.feed(text) if text else ():
@@ -193,3 +199,8 @@ def controller_for(scheduler) -> Controller:
     if ctl is None:
         ctl = _controllers[id(scheduler)] = Controller(scheduler)
     return ctl
+
+
+def controller_for_any() -> Controller | None:
+    """The controller of this process's scheduler (one scheduler per process)."""
+    return next(iter(_controllers.values()), None)

@@ -77,6 +77,7 @@ class ForkJoin:
             seq.path.children.append(block_trace)
         if reason is not None:
             # The parser keeps reading the block as sequential text.
+            self.ctl.metrics.fallback(reason)
             return
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
@@ -90,6 +91,8 @@ class ForkJoin:
         block_trace.paths = [b.path for b in block.branches]
         seq.phase, seq.child = Phase.FORKED, block
         seq.unit.blocks_open += 1
+        self.ctl.lifecycle.opened(seq.unit)
+        self.ctl.metrics.forked(width)
         park(batch, [parent])
         pending = parent.output_ids[-1]
         inject(self.scheduler, [b.req for b in block.branches], [pending] * width)
@@ -196,6 +199,9 @@ class ForkJoin:
         seq.parser.on_join()
         seq.phase, seq.child = Phase.ACTIVE, None
         seq.unit.blocks_open -= 1
+        seq.unit.joined = True
+        self.ctl.lifecycle.closed(seq.unit)
+        self.ctl.metrics.joined(sum(b.npr.path.tokens for b in branches))
         self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
                     freed=duplicates.tolist())
         if seq.is_branch:

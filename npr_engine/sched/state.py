@@ -30,6 +30,7 @@ class Unit:
     trace: RequestTrace
     blocks_open: int = 0
     closing_text: str = ""  # appended to the returned text, never to the KV
+    joined: bool = False  # the root row holds joined branch KV (never re-prefill it)
 
 
 @dataclass

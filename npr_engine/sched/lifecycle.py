@@ -1,0 +1,133 @@
+"""A unit (root request + every branch forked from it) lives and dies as one.
+
+Abort, client disconnect and retraction act on whole units: a branch alone is never
+aborted or retracted, and a unit that must go is aborted with a clear error, every
+slot and row it holds freed exactly once. Re-prefilling a joined sequence causally
+would be silently wrong, so a unit is never put back in the waiting queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.srt.mem_cache.common import release_kv_cache
+
+from npr_engine.sched.state import Phase, Seq, Unit
+
+logger = logging.getLogger("npr_engine")
+
+
+def unit_seqs(seq: Seq):
+    """The sequence and every descendant branch, parents before children."""
+    yield seq
+    if seq.child is not None:
+        for branch in seq.child.branches:
+            yield from unit_seqs(branch)
+
+
+def is_unit_member(req) -> bool:
+    """A request SGLang must not retract or re-queue on its own: a branch, a parked
+    parent, or a parent whose row holds joined branch KV."""
+    seq = req.__dict__.get("npr")
+    return seq is not None and (seq.is_branch or seq.child is not None or seq.unit.joined)
+
+
+class UnitLifecycle:
+    def __init__(self, controller):
+        self.scheduler = controller.scheduler
+        self.metrics = controller.metrics
+        self.open_units: dict[int, Unit] = {}
+
+    def opened(self, unit: Unit) -> None:
+        self.open_units[id(unit)] = unit
+
+    def closed(self, unit: Unit) -> None:
+        if unit.blocks_open == 0:
+            self.open_units.pop(id(unit), None)
+
+    def matching(self, rid: str, abort_all: bool) -> list[Unit]:
+        found = []
+        for unit in self.open_units.values():
+            rids = [s.req.rid for s in unit_seqs(unit.root)]
+            if abort_all or any(r.startswith(rid) for r in rids):
+                found.append(unit)
+        return found
+
+    def abort(self, unit: Unit, message: str, status: int | None = None) -> None:
+        """Free every branch of the unit and finish its root with an abort."""
+        s = self.scheduler
+        seqs = list(unit_seqs(unit.root))
+        branches = [q for q in seqs if q.is_branch]
+        running = s.running_batch
+        if running is not None and not running.is_empty():
+            members = [q.req for q in seqs if q.req in running.reqs and q.is_branch]
+            if members:
+                running.filter_batch(reqs_to_exclude=members)
+        for branch in reversed(branches):  # children first: their rows alias their parents'
+            _free_branch(s, branch)
+        self.metrics.aborted_parked(sum(1 for q in seqs if q.child is not None))
+        root = unit.root
+        unit.blocks_open = 0
+        self.open_units.pop(id(unit), None)
+        for q in seqs:
+            q.child = None
+            if q.path is not None and q.path.finish is None:
+                q.path.finish = "abort"
+        if root.phase is Phase.FORKED:
+            # Parked: not in any batch, so the stock abort cannot see it. Finish it here.
+            root.phase = Phase.ACTIVE
+            req = root.req
+            req.finished_reason = FINISH_ABORT(message, status)
+            req.finished_len = len(req.output_ids)
+            if req.kv.holds_kv:
+                release_kv_cache(req, s.tree_cache, checkpoint=False)
+            s.output_streamer.stream_output([req], req.return_logprob)
+        else:
+            root.req.to_finish = FINISH_ABORT(message, status)
+        logger.info("NPR Engine: aborted unit %s (%d branches): %s", root.req.rid, len(branches), message)
+
+
+def _free_branch(scheduler, branch: Seq) -> None:
+    kv = branch.req.kv
+    if kv.req_pool_idx is None:
+        return
+    pool = scheduler.req_to_token_pool
+    own = pool.req_to_token[kv.req_pool_idx, kv.cache_protected_len : kv.kv_allocated_len]
+    if own.numel():
+        scheduler.token_to_kv_pool_allocator.free(own.clone())
+    pool.free_rows([kv.req_pool_idx])
+    kv.req_pool_idx = None
+    kv.mark_kv_released()
+    branch.phase = Phase.PARKED
+
+
+RETRACT_MESSAGE = (
+    "KV cache pool is full: a parallel-reasoning request cannot be retracted and "
+    "re-prefilled (its joined KV has no causal prefill), so it was aborted. Retry later."
+)
+
+
+def after_retract(lifecycle: UnitLifecycle, retracted: list, to_abort: list) -> tuple[list, list]:
+    """SGLang retracted unit members under memory pressure: abort their units instead."""
+    members = [r for r in retracted if is_unit_member(r)]
+    if not members:
+        return retracted, to_abort
+    kept = [r for r in retracted if not is_unit_member(r)]
+    to_abort = list(to_abort)
+    for req in members:
+        seq = req.npr
+        if seq.is_branch:
+            if id(seq.unit) in lifecycle.open_units:
+                lifecycle.abort(seq.unit, RETRACT_MESSAGE, 503)
+        else:
+            # A joined root: its KV is already released; report it as aborted.
+            req.to_finish = FINISH_ABORT(RETRACT_MESSAGE, 503)
+            to_abort.append(req)
+    logger.warning("NPR Engine: %d unit member(s) retracted; their units were aborted", len(members))
+    return kept, to_abort
+
+
+def retraction_order(order: list[int], reqs: list) -> list[int]:
+    """Keep unit members longest: SGLang retracts from the end of this list."""
+    return [i for i in order if is_unit_member(reqs[i])] + [i for i in order if not is_unit_member(reqs[i])]
