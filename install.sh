@@ -31,7 +31,7 @@ install_cpu() {
   cp -r "$here/patches/cpu/sgl_kernel" "$site/sgl_kernel"
   cp "$here/patches/cpu/npr_cpu_shims.py" "$here/patches/cpu/npr_cpu_shims.pth" "$site/"
   pip_install --no-deps -e "$here"
-  pip_install -r "$here/tests/requirements.txt"
+  pip_install -r "$here/tests/requirements.txt" -r "$here/benchmarks/requirements.txt"
   SGLANG_USE_CPU_ENGINE=1 "$PY" -m npr_engine.check_hooks >/dev/null
   "$PY" -m npr_engine.default_model >/dev/null
 }

@@ -3,11 +3,13 @@
 
 The scheduler sends a request's trace as customized info once, with its final output;
 the stock code would accumulate it into a list. We expose it as one object,
-`meta_info["npr_trace"]`, and leave every other key to SGLang.
+`meta_info["npr_trace"]`, and leave every other key to SGLang. Streamed OpenAI
+responses pick it up from npr_engine/api/stream.py by request id.
 """
 
 from __future__ import annotations
 
+from npr_engine.api.stream import record_trace
 from npr_engine.hooks import Hook, Kind
 
 TRACE_KEY = "npr_trace"
@@ -20,6 +22,7 @@ def trace_as_object(original, manager, meta_info, state, customized_info, index,
         original(manager, meta_info, state, rest, index, finish_reason)
     if values is not None and values[index]:
         meta_info[TRACE_KEY] = values[index][-1]
+        record_trace(str(meta_info.get("id", "")), meta_info[TRACE_KEY])
 
 
 HOOKS = [

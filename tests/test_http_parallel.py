@@ -79,3 +79,20 @@ def test_invalid_parallel_options_are_400(server, model, parallel, param):
         error = resp.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
     assert httpx.get(server.base_url + "/health", timeout=30).status_code == 200
+
+
+def test_streaming_chat_carries_trace_in_final_chunk(server, client, model):
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=48, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"parallel": FORCED},
+    ))
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                        for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert reasoning.startswith("<parallel><path>1: ") and content.startswith("<summary>")
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    trace = final[-1].choices[0].model_extra["parallel_trace"]
+    assert trace["blocks"][0]["width"] == 2
+    usage = [c.usage for c in chunks if c.usage is not None][-1]
+    assert usage.model_extra["critical_path_tokens"] == trace["critical_path_tokens"]
+    server.assert_kv_idle()

@@ -7,6 +7,7 @@ import json
 
 from npr_engine.api.errors import error_bytes
 from npr_engine.api.request import BadParallelRequest, rewrite_body
+from npr_engine.api.stream import SseRewriter
 
 OPENAI_GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
@@ -32,6 +33,19 @@ class ParallelRequestMiddleware:
             await _send_error(send, str(exc), exc.param)
             return
         replayed = False
+        rewriter = SseRewriter()
+
+        async def send_with_trace(message):
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                scope["npr.sse"] = streaming
+            elif message["type"] == "http.response.body" and scope.get("npr.sse"):
+                body_out = rewriter.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_out += rewriter.flush()
+                message = {**message, "body": body_out}
+            await send(message)
 
         async def replay():
             nonlocal replayed
@@ -40,7 +54,7 @@ class ParallelRequestMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, send_with_trace)
 
 
 def _rewrite(body: bytes) -> bytes:
