@@ -15,6 +15,28 @@ os.environ.setdefault("NPR_DEBUG_SLOTS", "1")
 
 import pytest  # noqa: E402
 
+
+def _import_kernels_for_this_machine() -> None:
+    """Bind the Triton kernels to the interpreter when there is no GPU.
+
+    Triton picks interpreter or compiler when a kernel is decorated, i.e. at the first
+    import of npr_engine.kernels, which several test modules (and the plugin) may
+    trigger. The variable is set only for that import, so SGLang processes started by
+    the tests never run Triton in the interpreter.
+    """
+    import torch
+
+    if torch.cuda.is_available() or "TRITON_INTERPRET" in os.environ:
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import npr_engine.kernels  # noqa: F401
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+
+_import_kernels_for_this_machine()
+
 from tests.support.server import ServerProcess, free_port  # noqa: E402
 
 ENGINE_KV_TOKENS = 8192

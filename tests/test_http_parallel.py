@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -96,3 +98,40 @@ def test_streaming_chat_carries_trace_in_final_chunk(server, client, model):
     usage = [c.usage for c in chunks if c.usage is not None][-1]
     assert usage.model_extra["critical_path_tokens"] == trace["critical_path_tokens"]
     server.assert_kv_idle()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/chat/completions", {"messages": []}),
+     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}),
+     ("/v1/completions", {"prompt": "hi", "temperature": "hot"}),
+     ("/v1/completions", "{not json")],
+)
+def test_sglang_errors_are_openai_shaped(server, model, path, body):
+    payload = body if isinstance(body, str) else json.dumps({"model": model, **body})
+    resp = httpx.post(server.base_url + path, content=payload, headers={"content-type": "application/json"},
+                      timeout=30)
+    assert 400 <= resp.status_code < 500, resp.text
+    error = resp.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error" and "param" in error and "code" in error
+
+
+def test_n_choices_each_get_their_blocks(server, client, model):
+    reply = client.completions.create(model=model, prompt="The sky is", max_tokens=40, temperature=0.8, n=2,
+                                      extra_body={"parallel": FORCED})
+    assert len(reply.choices) == 2
+    for choice in reply.choices:
+        assert choice.text.startswith("<parallel><path>1: ")
+        assert choice.model_extra["parallel_trace"]["blocks"][0]["width"] == 2
+    server.assert_kv_idle()
+
+
+def test_metrics_exported_beside_sglangs(server, client, model):
+    client.completions.create(model=model, prompt="Hi", max_tokens=40, temperature=0, extra_body={"parallel": FORCED})
+    text = httpx.get(server.base_url + "/metrics", timeout=30).text
+    for name in ("npr_blocks_forked_total", "npr_branches_total", "npr_joins_total", "npr_branch_tokens_total",
+                 "npr_parked_parents", "npr_parallel_rate"):
+        assert name in text, name
+    forked = [line for line in text.splitlines() if line.startswith("npr_blocks_forked_total")]
+    assert float(forked[0].split()[-1]) >= 1
+    assert "sglang:" in text  # SGLang's own metrics are still there

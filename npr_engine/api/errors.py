@@ -16,3 +16,20 @@ def openai_error(message: str, status: int = 400, param: str | None = None, code
 
 def error_bytes(message: str, status: int = 400, param: str | None = None) -> bytes:
     return json.dumps(openai_error(message, status, param)).encode()
+
+
+def openai_error_body(body: bytes, status: int) -> bytes:
+    """Any error body -> {"error": {...}}; SGLang's flat ErrorResponse keeps its fields."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {"message": body.decode(errors="replace")}
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return body  # already OpenAI-shaped
+    if not isinstance(data, dict):
+        data = {"message": str(data)}
+    message = data.get("message") or data.get("detail") or "request failed"
+    if not isinstance(message, str):
+        message = json.dumps(message)
+    error = openai_error(message, status, data.get("param"))
+    return json.dumps(error).encode()

@@ -1,11 +1,14 @@
-"""ASGI middleware on SGLang's FastAPI app: rewrites our request fields before SGLang
-parses the body, so SGLang's own request models stay untouched."""
+"""ASGI middleware on SGLang's FastAPI app for the OpenAI generation endpoints.
+
+It rewrites our request fields before SGLang parses the body (so SGLang's request
+models stay untouched), adds our fields to streamed events, and gives every 4xx/5xx
+body OpenAI's error shape (SGLang's own are flat today)."""
 
 from __future__ import annotations
 
 import json
 
-from npr_engine.api.errors import error_bytes
+from npr_engine.api.errors import error_bytes, openai_error_body
 from npr_engine.api.request import BadParallelRequest, rewrite_body
 from npr_engine.api.stream import SseRewriter
 
@@ -33,19 +36,7 @@ class ParallelRequestMiddleware:
             await _send_error(send, str(exc), exc.param)
             return
         replayed = False
-        rewriter = SseRewriter()
-
-        async def send_with_trace(message):
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers") or [])
-                streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                scope["npr.sse"] = streaming
-            elif message["type"] == "http.response.body" and scope.get("npr.sse"):
-                body_out = rewriter.feed(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body_out += rewriter.flush()
-                message = {**message, "body": body_out}
-            await send(message)
+        response = _ResponseRewriter(send)
 
         async def replay():
             nonlocal replayed
@@ -54,7 +45,42 @@ class ParallelRequestMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send_with_trace)
+        await self.app(scope, replay, response.send)
+
+
+class _ResponseRewriter:
+    """Adds our fields to streamed events and gives every error body OpenAI's shape."""
+
+    def __init__(self, send):
+        self._send = send
+        self._mode = "pass"
+        self._start: dict | None = None
+        self._sse = SseRewriter()
+        self._error = b""
+
+    async def send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            ctype = dict(message.get("headers") or []).get(b"content-type", b"")
+            if ctype.startswith(b"text/event-stream"):
+                self._mode = "sse"
+            elif message["status"] >= 400 and ctype.startswith(b"application/json"):
+                self._mode, self._start = "error", message
+                return  # sent with the rewritten body, whose length changes
+        elif message["type"] == "http.response.body" and self._mode == "sse":
+            body = self._sse.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                body += self._sse.flush()
+            message = {**message, "body": body}
+        elif message["type"] == "http.response.body" and self._mode == "error":
+            self._error += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            body = openai_error_body(self._error, self._start["status"])
+            headers = [(k, v) for k, v in self._start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await self._send({**self._start, "headers": headers})
+            message = {"type": "http.response.body", "body": body}
+        await self._send(message)
 
 
 def _rewrite(body: bytes) -> bytes:
