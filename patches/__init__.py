@@ -28,6 +28,7 @@ HOOK_MODULES = (
     "abort",
     "retraction",
     "reasoning",
+    "invariants",
 )
 
 

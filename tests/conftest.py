@@ -12,6 +12,8 @@ import os
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 # Scheduler processes record fork/join slot ids so tests can assert them exactly.
 os.environ.setdefault("NPR_DEBUG_SLOTS", "1")
+# SGLang's own KV invariant check after every step, parked parents included.
+os.environ.setdefault("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
 
 import pytest  # noqa: E402
 

@@ -84,6 +84,17 @@ def test_sampled_siblings_draw_different_streams(engine):
     assert_idle(engine)
 
 
+def test_max_tokens_inside_a_block_closes_it_and_finishes_with_length(engine):
+    out = engine.generate(PROMPT, params(60, forced(3), ignore_eos=True))
+    meta = out["meta_info"]
+    assert meta["finish_reason"]["type"] == "length"
+    assert meta["completion_tokens"] <= 60
+    (block,) = meta["npr_trace"]["blocks"]
+    assert {p["finish"] for p in block["paths"]} == {"length"}
+    assert out["text"].count("</path>") == 3 and out["text"].endswith("</parallel>")
+    assert_idle(engine)
+
+
 def test_fork_that_does_not_fit_max_tokens_falls_back(engine):
     out = engine.generate(PROMPT, params(20, forced(3)))
     (block,) = out["meta_info"]["npr_trace"]["blocks"]

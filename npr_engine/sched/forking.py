@@ -36,8 +36,10 @@ class ForkJoin:
         return _subtree_tokens(unit.root)
 
     def closing_reserve(self, unit: Unit) -> int:
+        """Tokens the live branches still add at least: their close tags (or what is left
+        of them), plus one each for the token being decided in the current step."""
         close_len = len(self.ctl.tokens(unit.root.schema.branch_close))
-        return close_len * sum(1 for s in _live_branches(unit.root) if s.close_reason is None)
+        return sum((len(s.forced) if s.close_reason else close_len) + 1 for s in _live_branches(unit.root))
 
     def count_parallel(self, stepped: list[Seq], closing: list[Seq]) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran."""
