@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from sglang.srt.managers.io_struct import unwrap_from_pickle
 
+from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
-
-TRACE_KEY = "npr_trace"
 
 
 def append_closing_text(output_strs, manager, recv_obj, *args, **kwargs):

@@ -8,13 +8,13 @@ tokenizer-side hook (patches/tokenizer_meta.py) turns into `meta_info["npr_trace
 
 from __future__ import annotations
 
+from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
-
-TRACE_KEY = "npr_trace"
+from npr_engine.sched.state import seq_of
 
 
 def trace_of(req) -> dict | None:
-    seq = req.__dict__.get("npr")
+    seq = seq_of(req)
     if seq is None or seq.is_branch:
         return None
     trace = seq.unit.trace
@@ -48,7 +48,7 @@ def npr_streamer(base: type) -> type:
 
 
 def _is_branch(req) -> bool:
-    seq = req.__dict__.get("npr")
+    seq = seq_of(req)
     return seq is not None and seq.is_branch
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from npr_engine.hooks import Hook, Kind
+from npr_engine.sched.state import seq_of
 
 
 def shift_positions(forward_batch, cls, batch, *args, **kwargs):
@@ -26,7 +27,7 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
 
 
 def _offset(req) -> int:
-    seq = req.__dict__.get("npr")
+    seq = seq_of(req)
     return seq.pos_offset if seq is not None else 0
 
 

@@ -10,9 +10,8 @@ responses pick it up from npr_engine/api/stream.py by request id.
 from __future__ import annotations
 
 from npr_engine.api.stream import record_trace
+from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
-
-TRACE_KEY = "npr_trace"
 
 
 def trace_as_object(original, manager, meta_info, state, customized_info, index, finish_reason):

@@ -135,3 +135,4 @@ def test_metrics_exported_beside_sglangs(server, client, model):
     forked = [line for line in text.splitlines() if line.startswith("npr_blocks_forked_total")]
     assert float(forked[0].split()[-1]) >= 1
     assert "sglang:" in text  # SGLang's own metrics are still there
+    server.assert_kv_idle()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-TRACE_KEY = "npr_trace"
+from npr_engine.core.trace import TRACE_KEY
 
 
 def traces_of(ret: list[dict]) -> list[dict | None]:

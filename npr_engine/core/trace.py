@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Key of the trace in meta_info and in the scheduler's customized output info.
+TRACE_KEY = "npr_trace"
+
 FINISH_REASONS = ("close", "budget", "eos", "stop", "length", "abort")
 
 

@@ -23,7 +23,7 @@ from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
-from npr_engine.sched.state import Phase, Seq, Unit
+from npr_engine.sched.state import Phase, Seq, Unit, seq_of
 
 logger = logging.getLogger("npr_engine")
 
@@ -58,7 +58,8 @@ class Controller:
 
     # -- attaching state to new root requests ------------------------------------------
 
-    def seq_of(self, req) -> Seq | None:
+    def attach(self, req) -> Seq | None:
+        """The request's NPR state, attached on first sight (a new root request)."""
         if "npr" not in req.__dict__:
             req.npr = self._attach_root(req)
         return req.npr
@@ -95,7 +96,7 @@ class Controller:
         for i, req in enumerate(batch.reqs):
             if not self._commits_token(batch, req):
                 continue
-            seq = self.seq_of(req)
+            seq = self.attach(req)
             req._npr_prev_len = len(req.output_ids)
             if seq is None:
                 continue
@@ -153,7 +154,7 @@ class Controller:
         to_fork: list[tuple[Seq, tuple[str, ...]]] = []
         stepped: list[Seq] = []
         for req in list(batch.reqs):
-            seq = req.__dict__.get("npr")
+            seq = seq_of(req)
             prev = req.__dict__.pop("_npr_prev_len", None)
             if seq is None or prev is None or len(req.output_ids) <= prev:
                 continue

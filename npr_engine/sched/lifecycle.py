@@ -13,7 +13,7 @@ import logging
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
 from sglang.srt.mem_cache.common import release_kv_cache
 
-from npr_engine.sched.state import Phase, Seq, Unit
+from npr_engine.sched.state import Phase, Seq, Unit, seq_of
 
 logger = logging.getLogger("npr_engine")
 
@@ -29,7 +29,7 @@ def unit_seqs(seq: Seq):
 def is_unit_member(req) -> bool:
     """A request SGLang must not retract or re-queue on its own: a branch, a parked
     parent, or a parent whose row holds joined branch KV."""
-    seq = req.__dict__.get("npr")
+    seq = seq_of(req)
     return seq is not None and (seq.is_branch or seq.child is not None or seq.unit.joined)
 
 

@@ -70,3 +70,8 @@ class Block:
 
     def all_parked(self) -> bool:
         return all(b.phase is Phase.PARKED for b in self.branches)
+
+
+def seq_of(req) -> Seq | None:
+    """The NPR state of an SGLang request, or None if we do not track it."""
+    return req.__dict__.get("npr")
