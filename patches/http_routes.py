@@ -1,4 +1,5 @@
-"""Hook: `sglang.srt.entrypoints.http_server.launch_server` (BEFORE), SGLang 0.5.23.
+"""Hooks: `sglang.srt.entrypoints.http_server.launch_server` (BEFORE) and
+`sglang.srt.utils.auth.add_api_key_middleware` (AFTER), SGLang 0.5.23.
 
 Adds our routes to SGLang's own FastAPI app before it starts serving:
 - `GET /npr/info`: our version, SGLang's version, active hooks, known schemas, and
@@ -6,6 +7,10 @@ Adds our routes to SGLang's own FastAPI app before it starts serving:
 - the `parallel` request field (npr_engine/api/middleware.py);
 - `/health` and `/health_generate` answer 503 until the scheduler's handshake says
   the plugin is active there (a server whose scheduler runs unpatched is not healthy).
+
+With `--api-key`, `launch_server` adds SGLang's API-key middleware after our hook ran,
+i.e. outside ours, so its 401 (`{"error": "Unauthorized"}`) would bypass our error
+shaping; the second hook puts an error-shaping middleware outside it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from npr_engine.api.middleware import ParallelRequestMiddleware
+from npr_engine.api.middleware import OpenAIErrorMiddleware, ParallelRequestMiddleware
 from npr_engine.hooks import Hook, Kind
 from npr_engine.info import plugin_status
 
@@ -53,10 +58,20 @@ def add_routes(*args, **kwargs):
     return None
 
 
+def shape_auth_errors(result, app, *args, **kwargs):
+    app.add_middleware(OpenAIErrorMiddleware)  # added last = outermost
+    return result
+
+
 HOOKS = [
     Hook(
         "sglang.srt.entrypoints.http_server.launch_server",
         Kind.BEFORE,
         add_routes,
-    )
+    ),
+    Hook(
+        "sglang.srt.utils.auth.add_api_key_middleware",
+        Kind.AFTER,
+        shape_auth_errors,
+    ),
 ]

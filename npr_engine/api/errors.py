@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+# OpenAI's own code for a missing or wrong key; clients match on it.
+_CODES = {401: "invalid_api_key"}
+
 
 def openai_error(message: str, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -28,8 +31,9 @@ def openai_error_body(body: bytes, status: int) -> bytes:
         return body  # already OpenAI-shaped
     if not isinstance(data, dict):
         data = {"message": str(data)}
-    message = data.get("message") or data.get("detail") or "request failed"
+    # SGLang's auth middleware answers {"error": "Unauthorized"}; validation errors use message/detail.
+    message = data.get("message") or data.get("detail") or data.get("error") or "request failed"
     if not isinstance(message, str):
         message = json.dumps(message)
-    error = openai_error(message, status, data.get("param"))
+    error = openai_error(message, status, data.get("param"), _CODES.get(status))
     return json.dumps(error).encode()

@@ -20,7 +20,13 @@ class NprReasoningDetector(BaseReasoningFormatDetector):
     def __init__(self, schema: TagSchema | None = None, stream_reasoning: bool = True, **_ignored):
         # SGLang constructs detectors without a schema; the hook then sets the request's.
         schema = schema or NprOptions().tag_schema
-        super().__init__(schema.block_open, schema.join_header, stream_reasoning=stream_reasoning)
+        # NOTE: reasoning_default None = a reply starts as content (reasoning only inside
+        # blocks). SGLang's default "always" marks every chat request as reasoning, and its
+        # grammar backend then defers regex/JSON constraints until the join header, which a
+        # reply without blocks never writes: constraints were silently ignored.
+        super().__init__(
+            schema.block_open, schema.join_header, stream_reasoning=stream_reasoning, reasoning_default=None
+        )
         self.schema = schema
         self._splitter = ReasoningSplitter(schema)
 
