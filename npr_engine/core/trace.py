@@ -16,13 +16,15 @@ class PathTrace:
     tokens: int = 0  # header + generated + close tag (+ nested blocks' tokens)
     finish: str | None = None
     children: list[BlockTrace] = field(default_factory=list)  # blocks nested in this path
+    # Offsets (in this path's own tokens, nested blocks included) of tokens the engine wrote.
+    injected: list[int] = field(default_factory=list)
 
     @property
     def critical_tokens(self) -> int:
         return self.tokens - sum(child.savings for child in self.children)
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "tokens": self.tokens, "finish": self.finish}
+        return {"index": self.index, "tokens": self.tokens, "finish": self.finish, "injected": self.injected}
 
 
 @dataclass
@@ -66,6 +68,9 @@ class RequestTrace:
     schema: str
     blocks: list[BlockTrace] = field(default_factory=list)  # in fork order, all depths
     total_tokens: int = 0
+    # Offsets (in the root's completion tokens, joined branches included) of tokens the
+    # engine wrote outside any path: forced block open, join headers.
+    injected: list[int] = field(default_factory=list)
 
     def new_block(self, **kwargs) -> BlockTrace:
         block = BlockTrace(id=len(self.blocks), **kwargs)
@@ -91,4 +96,5 @@ class RequestTrace:
             "critical_path_tokens": self.critical_path_tokens,
             "total_tokens": self.total_tokens,
             "parallel_rate": self.parallel_rate,
+            "injected": self.injected,
         }

@@ -23,6 +23,7 @@ from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
+from npr_engine.sched.logprobs import record_injected
 from npr_engine.sched.state import Phase, Seq, Unit, seq_of
 
 logger = logging.getLogger("npr_engine")
@@ -103,6 +104,7 @@ class Controller:
             token = self._injected_token(seq, int(result.next_token_ids[i]))
             if token is not None:
                 overrides.append((i, token))
+        record_injected(self, batch, result, overrides)  # trace offsets, log-probs (before ids change)
         for i, token in overrides:
             result.next_token_ids[i] = token
             row = batch.reqs[i].kv.req_pool_idx

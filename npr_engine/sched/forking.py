@@ -15,6 +15,7 @@ from npr_engine.core.trace import PathTrace
 from npr_engine.grammar import TagParser
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.kv import alias_prefix, join_rows
+from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
 from npr_engine.sched.state import Block, Phase, Seq, Unit
 
 logger = logging.getLogger("npr_engine")
@@ -163,6 +164,7 @@ class ForkJoin:
         )
         seq.forced.extend(self.ctl.tokens(schema.header(index)))
         req.npr = seq
+        inherit_logprob_request(parent, req)
         return seq
 
     # -- join ---------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class ForkJoin:
         fork_len = len(parent.output_ids)
         for b in branches:
             parent.output_ids.extend(b.output_ids[fork_len:])
+        splice_branch_logprobs(parent, branches, fork_len)
         # Shared positions: the continuation starts after the longest branch.
         next_pos = max(b.kv.kv_committed_len - b.npr.pos_offset for b in branches)
         seq.pos_offset = kv_len - next_pos
@@ -220,6 +223,7 @@ class ForkJoin:
             self._finish_length(seq)
             return
         parent.output_ids.append(header[0])
+        note_join_token(seq, block)
         seq.forced.extend(header[1:])
         seq.injected += 1
         seq.parser.feed(seq.decoder.push([header[0]]))
