@@ -128,10 +128,14 @@ def dense_logprobs(model_dir, view):
         logits = model(input_ids=ids, attention_mask=additive_mask(view), position_ids=positions).logits[0]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     out = view.input_ids[view.prompt_len:]
-    return [float(logprobs[view.logit_index[j], tok]) for j, tok in enumerate(out)]
+    values = [float(logprobs[view.logit_index[j], tok]) for j, tok in enumerate(out)]
+    return values, logprobs[view.logit_index].argmax(dim=-1).tolist()
 
 
-def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny):
+# Greedy: the sampler leaves logits in the row; sampling at temperature 1 (no top-p/k):
+# probabilities. Either way an injected token is rescored from its own row.
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny, temperature):
     from tests.support.engine import assert_idle
     from tests.support.sparse_script import SparseScript
 
@@ -144,7 +148,7 @@ def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny):
     scripts, flat = nested_script(enc, tokenizer.eos_token_id)
     prompt = enc("Plan two approaches, then compare them.")
     sampling = {
-        "max_new_tokens": len(flat) + 8, "temperature": 0,
+        "max_new_tokens": len(flat) + 8, "temperature": temperature, "sampling_seed": 11,
         "custom_params": {"npr": {"paths": 2}, "script": scripts, "eos": tokenizer.eos_token_id},
     }
     out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
@@ -162,8 +166,12 @@ def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny):
     engine = view.logprobs
     assert all(v is not None for v in engine), "an injected token was left unscored"
 
-    dense = dense_logprobs(model_dir, view)
+    dense, argmax = dense_logprobs(model_dir, view)
     checked = [j for j, f in enumerate(flat) if not isinstance(f, int)]  # model's choice or injected
+    chosen = [j for j, f in enumerate(flat) if f is None]
+    greedy_picks = sum(output[j] == argmax[j] for j in chosen)
+    # Greedy follows the dense argmax everywhere; sampling must have left it somewhere.
+    assert greedy_picks == len(chosen) if temperature == 0 else greedy_picks < len(chosen)
     errors = [abs(engine[j] - dense[j]) for j in checked]
     worst = max(errors)
     print(f"export: {len(checked)} log-probs checked, max |engine - dense| = {worst:.3g}")
@@ -173,6 +181,6 @@ def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny):
     assert all(abs(engine[j]) < 1e-6 for j, f in enumerate(flat) if isinstance(f, int))
     # Sanity: the plain causal view (no export) disagrees on the branch tokens.
     causal = build_view({"blocks": []}, prompt, output)
-    naive = dense_logprobs(model_dir, causal)
+    naive, _ = dense_logprobs(model_dir, causal)
     assert max(abs(engine[j] - naive[j]) for j in checked) > 100 * LOGPROB_ATOL
     assert_idle(llm)
