@@ -184,3 +184,34 @@ def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny, temperatur
     naive, _ = dense_logprobs(model_dir, causal)
     assert max(abs(engine[j] - naive[j]) for j in checked) > 100 * LOGPROB_ATOL
     assert_idle(llm)
+
+
+def test_forced_block_with_budget_closes_matches_dense_forward(tiny):
+    """No script at all: the engine opens the block, writes the headers, closes every
+    path at its budget and writes the join header; the model writes everything else."""
+    from npr_engine.sched.controller import forced_open_text
+    from tests.support.engine import assert_idle
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    schema = get_schema("parallel")
+    prompt = tokenizer.encode("Three ideas:", add_special_tokens=False)
+    sampling = {"max_new_tokens": 48, "temperature": 0,
+                "custom_params": {"npr": {"force": True, "paths": 3, "max_path_tokens": 9}}}
+    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True)
+    (block,) = out["meta_info"]["npr_trace"]["blocks"]
+    assert block["width"] == 3 and all(p["finish"] == "budget" for p in block["paths"])
+    view = training_view(out, prompt)
+    assert [idx for _, idx, *_ in out["meta_info"]["output_token_logprobs"]] == out["output_ids"]
+    expected_injected = (n_tokens(forced_open_text(schema, 3)) + n_tokens(schema.join_header)
+                         + sum(n_tokens(schema.header(i)) + n_tokens(schema.branch_close) for i in (1, 2, 3)))
+    assert sum(view.injected) == expected_injected
+    dense, _ = dense_logprobs(model_dir, view)
+    worst = max(abs(e - d) for e, d in zip(view.logprobs, dense, strict=True))
+    print(f"export (forced, budget closes): {len(dense)} log-probs, max |engine - dense| = {worst:.3g}")
+    assert worst <= LOGPROB_ATOL
+    assert_idle(llm)
