@@ -25,8 +25,10 @@ plus its close tag; it may open a nested block), "join" (root-like, but starts i
 SUMMARY, for a sequence that begins at a join header).
 
 Text fed while FORKED is a block decoded sequentially (the engine's fallback, or a
-flattened reply read back): nested blocks are counted and the join header at depth 0
-moves to SUMMARY; nothing else fires there.
+flattened reply read back): paths (found by the header's text before the index) and
+nested blocks are tracked (grammar/sequential.py), and the block's own join header,
+written between paths, moves to SUMMARY; nothing else fires there. A join header
+inside a path is path text, as in a real branch.
 
 Malformed input never raises; ``Malformed(kind, offset)`` is emitted and parsing goes on:
 
@@ -63,11 +65,15 @@ from functools import lru_cache
 
 from npr_engine.grammar.matcher import TagMatcher
 from npr_engine.grammar.schemas import TagSchema
+from npr_engine.grammar.sequential import SequentialBlocks
 
 ROLES = ("root", "branch", "join")
 # Priority when one tag has two kinds (only block_open == fork_after is allowed).
 _KIND_ORDER = ("block_open", "fork_after", "plan_open", "plan_close", "branch_close",
-               "join_header", "join_close", "block_close")
+               "join_header", "join_close", "block_close", "branch_open")
+# The header's text before the index: it marks a path in sequential text (FORKED) and
+# means nothing anywhere else.
+_BRANCH_OPEN = frozenset({"branch_open"})
 _JOIN_KINDS = ("join_header", "join_close")
 _PLAN_KINDS = ("plan_open", "plan_close")
 
@@ -134,6 +140,8 @@ def _tag_kinds(schema: TagSchema) -> dict[str, frozenset[str]]:
     kinds: dict[str, set[str]] = {}
     for kind, tag in schema.tags().items():
         kinds.setdefault(tag, set()).add(kind)
+    if schema.header_prefix and schema.header_prefix not in kinds:
+        kinds[schema.header_prefix] = {"branch_open"}
     return {tag: frozenset(k) for tag, k in kinds.items()}
 
 
@@ -157,7 +165,7 @@ class TagParser:
         self._plan_parts: list[str] = []
         self._plan_start = 0
         self._ctx = ("", 0)
-        self._seq_depth = 0
+        self._seq = SequentialBlocks(schema)
         self._handlers: dict[ParserState, Callable[[frozenset[str], str, int], None]] = {
             ParserState.OUTSIDE: self._outside,
             ParserState.OPEN: self._open,
@@ -193,8 +201,12 @@ class TagParser:
             if self.state is ParserState.CLOSED:
                 break
             before, self._events = self.state, []
-            self._handlers[before](self._kinds[tag], tag, end)
+            kinds = self._kinds[tag]
+            if before is ParserState.FORKED or kinds != _BRANCH_OPEN:
+                self._handlers[before](kinds, tag, end)
             hits.append(TagHit(tag, end - len(tag), end, before, self.state, tuple(self._events)))
+        if self.state is ParserState.FORKED and delta:
+            self._seq.fed = True
         if self.state is ParserState.PLAN:
             self._plan_parts.append(delta[max(self._plan_start - base, 0):])
         return hits
@@ -211,7 +223,11 @@ class TagParser:
         return [] if self.state in open_states else [Malformed("unclosed_block", self._fed)]
 
     def closing_text(self) -> str:
-        """Tags that would close a summary cut short (EOS, max_tokens); "" otherwise."""
+        """Tags that would close a summary, or a block decoded sequentially, cut short
+        (EOS, max_tokens, a branch's budget); "" otherwise (outside blocks, before a
+        fork point, or a real fork whose parent is parked)."""
+        if self.state is ParserState.FORKED:
+            return self._seq.closing_text()
         if self.state is ParserState.SUMMARY:
             return self.schema.join_close + (self.schema.block_close or "")
         if self.state is ParserState.AFTER_SUMMARY:
@@ -257,14 +273,8 @@ class TagParser:
             self._open(kinds, tag, end)
 
     def _forked(self, kinds: frozenset[str], tag: str, end: int) -> None:
-        # Sequential text of a forked block: track nesting to find our own join header.
-        if "block_open" in kinds:
-            self._seq_depth += 1
-        elif self._seq_depth:
-            ends_nested = self.schema.block_close is None and "join_close" in kinds
-            if "block_close" in kinds or ends_nested:
-                self._seq_depth -= 1
-        elif "join_header" in kinds:
+        # Sequential text of a forked block: track paths and nesting to find its own join header.
+        if self._seq.on_tag(kinds):
             self.state = ParserState.SUMMARY
 
     def _summary(self, kinds: frozenset[str], tag: str, end: int) -> None:
@@ -299,7 +309,7 @@ class TagParser:
 
     def _fork(self, end: int) -> None:
         self._events.append(Fork(tuple(self._items), end))
-        self._items, self._seq_depth, self.state = [], 0, ParserState.FORKED
+        self._items, self._seq, self.state = [], SequentialBlocks(self.schema), ParserState.FORKED
 
     def _close_block(self, end: int) -> None:
         self._events.append(BlockClose(end))

@@ -1,0 +1,106 @@
+"""Build ScriptedTags scripts from a block structure instead of by hand.
+
+A reply is a list of parts: text (str) or :class:`Blk`. The builder returns the
+per-chain token scripts ScriptedTags needs (tests/support/scripted.py) and the
+flattened token list the engine should return. Pieces are encoded separately, the
+way the engine encodes what it injects (headers, close tags, join header), so the
+root's script is exactly the concatenation of its branches' tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from npr_engine.grammar import TagSchema, get_schema
+
+
+@dataclass
+class Pth:
+    """One path: its own parts; `end` is "close" (the model writes the close tag) or
+    "eos" (the model writes EOS; the engine injects the close tag)."""
+
+    parts: list = field(default_factory=list)
+    end: str = "close"
+
+
+@dataclass
+class Blk:
+    """A block: its paths, the summary text and whether the model closes it.
+
+    `plan` (schemas with plan items): the items written between block open and the
+    fork point. `closed` False: the model stops (EOS) inside the summary.
+    """
+
+    paths: list[Pth]
+    summary: str = "S"
+    closed: bool = True
+    plan: list[str] | None = None
+
+
+class ScriptBuilder:
+    def __init__(self, tokenizer, schema: TagSchema | str = "parallel") -> None:
+        self.schema = get_schema(schema)
+        self._encode: Callable[[str], list[int]] = lambda t: tokenizer.encode(t, add_special_tokens=False)
+
+    def enc(self, text: str) -> list[int]:
+        return self._encode(text) if text else []
+
+    def build(self, parts: list) -> dict[str, list[int]]:
+        """Scripts by chain ("" = root); the root's script is the flattened reply."""
+        scripts: dict[str, list[int]] = {}
+        scripts[""] = self._sequence(parts, "", scripts)
+        return scripts
+
+    def _sequence(self, parts: list, chain: str, scripts: dict) -> list[int]:
+        out: list[int] = []
+        for part in parts:
+            out += self._block(part, chain, scripts) if isinstance(part, Blk) else self.enc(part)
+        return out
+
+    def _block(self, blk: Blk, chain: str, scripts: dict) -> list[int]:
+        s = self.schema
+        out = self.enc(s.block_open)
+        if s.plan_open is not None:
+            items = blk.plan if blk.plan is not None else [f"{i}:" for i in range(1, len(blk.paths) + 1)]
+            for item in items:
+                out += self.enc(s.plan_open) + self.enc(item) + self.enc(s.plan_close)
+            out += self.enc(s.fork_after)
+        for i, path in enumerate(blk.paths, start=1):
+            sub = f"{chain}.{i}" if chain else str(i)
+            own = self.enc(s.header(i)) + self._sequence(path.parts, sub, scripts)
+            if path.end == "close":
+                own += self.enc(s.branch_close)
+                scripts[sub] = own
+            else:  # EOS: the branch's script stops; the engine injects the close tag
+                scripts[sub] = own
+                own = own + self.enc(s.branch_close)
+            out += own
+        out += self.enc(s.join_header) + self.enc(blk.summary)
+        if blk.closed:
+            out += self.enc(s.join_close) + self.enc(s.block_close or "")
+        return out
+
+
+def sampling(script: dict, max_new_tokens: int, npr: dict | None = None, eos: int | None = None, **extra) -> dict:
+    """Sampling params running `script` through ScriptedTags (greedy)."""
+    custom = {"npr": {"paths": 2, **(npr or {})}, "script": script}
+    if eos is not None:
+        custom["eos"] = eos
+    return {"max_new_tokens": max_new_tokens, "temperature": 0, "custom_params": custom, **extra}
+
+
+def run_script(engine, parts: list, schema: str = "parallel", npr: dict | None = None,
+               max_new_tokens: int | None = None, prompt: str = "Plan two approaches.", **extra) -> tuple[dict, dict]:
+    """Generate with the model forced to write `parts`, then EOS; returns (output, scripts)."""
+    from tests.support.scripted import ScriptedTags
+
+    tokenizer = engine.tokenizer_manager.tokenizer
+    scripts = ScriptBuilder(tokenizer, schema).build(parts)
+    params = sampling(scripts, max_new_tokens or len(scripts[""]) + 8, {"schema": schema, **(npr or {})},
+                      eos=tokenizer.eos_token_id, **extra)
+    return engine.generate(prompt, params, custom_logit_processor=ScriptedTags().to_str()), scripts
+
+
+def scripted_text(engine, scripts: dict) -> str:
+    return engine.tokenizer_manager.tokenizer.decode(scripts[""])
