@@ -126,7 +126,8 @@ class Controller:
             reason = self._branch_end_reason(seq, sampled)
             if reason is not None:
                 seq.close_reason = reason
-                seq.forced.extend(self.tokens(seq.schema.branch_close))
+                # A nested block (a joined summary, or sequential text) is closed first.
+                seq.forced.extend(self.tokens(seq.parser.closing_text() + seq.schema.branch_close))
         if seq.forced:
             seq.injected += 1
             return seq.forced.popleft()
@@ -136,7 +137,7 @@ class Controller:
         root = seq.unit.root.req
         if self.is_eos(seq.req, sampled) and not root.sampling_params.ignore_eos:
             return "eos"
-        close_len = len(self.tokens(seq.schema.branch_close))
+        close_len = len(self.tokens(seq.parser.closing_text() + seq.schema.branch_close))
         limit = seq.options.max_path_tokens
         if limit is not None and seq.own_tokens() + close_len >= limit:
             return "budget"

@@ -39,8 +39,10 @@ class ForkJoin:
     def closing_reserve(self, unit: Unit) -> int:
         """Tokens the live branches still add at least: their close tags (or what is left
         of them), plus one each for the token being decided in the current step."""
-        close_len = len(self.ctl.tokens(unit.root.schema.branch_close))
-        return sum((len(s.forced) if s.close_reason else close_len) + 1 for s in _live_branches(unit.root))
+        def close_len(s: Seq) -> int:
+            return len(self.ctl.tokens(s.parser.closing_text() + s.schema.branch_close))
+
+        return sum((len(s.forced) if s.close_reason else close_len(s)) + 1 for s in _live_branches(unit.root))
 
     def count_parallel(self, stepped: list[Seq], closing: list[Seq]) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran."""
