@@ -165,7 +165,7 @@ class TagParser:
         self._plan_parts: list[str] = []
         self._plan_start = 0
         self._ctx = ("", 0)
-        self._seq = SequentialBlocks(schema)
+        self._seq = SequentialBlocks(schema, 0)
         self._handlers: dict[ParserState, Callable[[frozenset[str], str, int], None]] = {
             ParserState.OUTSIDE: self._outside,
             ParserState.OPEN: self._open,
@@ -205,7 +205,7 @@ class TagParser:
             if before is ParserState.FORKED or kinds != _BRANCH_OPEN:
                 self._handlers[before](kinds, tag, end)
             hits.append(TagHit(tag, end - len(tag), end, before, self.state, tuple(self._events)))
-        if self.state is ParserState.FORKED and delta:
+        if self.state is ParserState.FORKED and self._fed > self._seq.start:
             self._seq.fed = True
         if self.state is ParserState.PLAN:
             self._plan_parts.append(delta[max(self._plan_start - base, 0):])
@@ -309,7 +309,7 @@ class TagParser:
 
     def _fork(self, end: int) -> None:
         self._events.append(Fork(tuple(self._items), end))
-        self._items, self._seq, self.state = [], SequentialBlocks(self.schema), ParserState.FORKED
+        self._items, self._seq, self.state = [], SequentialBlocks(self.schema, end), ParserState.FORKED
 
     def _close_block(self, end: int) -> None:
         self._events.append(BlockClose(end))

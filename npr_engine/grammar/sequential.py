@@ -20,10 +20,13 @@ from npr_engine.grammar.schemas import TagSchema
 
 
 class SequentialBlocks:
-    def __init__(self, schema: TagSchema) -> None:
+    def __init__(self, schema: TagSchema, start: int) -> None:
         self.schema = schema
+        self.start = start  # parser offset of the fork point
         self.levels: list[str] = ["between"]
-        self.fed = False  # any text arrived: the block is really being decoded sequentially
+        # Text arrived after the fork point: the block is decoded sequentially (a real
+        # fork's parent is parked and fed nothing until its join).
+        self.fed = False
 
     def on_tag(self, kinds: frozenset[str]) -> bool:
         """Track one tag; True when it is the forked block's own join header."""
