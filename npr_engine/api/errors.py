@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 
-# OpenAI's own code for a missing or wrong key; clients match on it.
+
+class RequestError(ValueError):
+    """A request our HTTP layer refuses with 400; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None):
+        super().__init__(message)
+        self.param = param
+
+
+# OpenAI's own codes; clients match on them.
 _CODES = {401: "invalid_api_key"}
 
 
 def openai_error(message: str, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
+    # OpenAI answers a missing or wrong key with invalid_request_error + code invalid_api_key.
     kind = "invalid_request_error" if status < 500 else "server_error"
-    if status == 401:
-        kind = "authentication_error"
-    elif status == 404:
+    if status == 404:
         kind = "not_found_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -35,5 +43,7 @@ def openai_error_body(body: bytes, status: int) -> bytes:
     message = data.get("message") or data.get("detail") or data.get("error") or "request failed"
     if not isinstance(message, str):
         message = json.dumps(message)
+    if status == 401:
+        message += ": missing or wrong API key (send the header `Authorization: Bearer <key>`)"
     error = openai_error(message, status, data.get("param"), _CODES.get(status))
     return json.dumps(error).encode()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
-from npr_engine.api.errors import error_bytes
-from npr_engine.api.request import BadParallelRequest, check_native_body, rewrite_body
+from npr_engine.api.errors import RequestError, error_bytes
+from npr_engine.api.request import check_native_body, rewrite_body
 from npr_engine.api.response_rewriter import ResponseRewriter
+from npr_engine.api.token_ids import check_token_ids, served_vocab_size
 
 OPENAI_GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 NATIVE_GENERATION_PATH = "/generate"
@@ -23,7 +24,7 @@ class ParallelRequestMiddleware:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in _PATHS:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT") or scope["path"] not in _PATHS:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -31,8 +32,8 @@ class ParallelRequestMiddleware:
             return  # the client left before sending its request
         openai = scope["path"] in OPENAI_GENERATION_PATHS
         try:
-            body = _rewrite(body) if openai else _check_native(body)
-        except BadParallelRequest as exc:
+            body = _prepare(scope["path"], body)
+        except RequestError as exc:
             await _send_error(send, str(exc), exc.param)
             return
         replayed = False
@@ -73,25 +74,23 @@ async def _read_body(receive) -> bytes | None:
     return body
 
 
-def _rewrite(body: bytes) -> bytes:
+def _prepare(path: str, body: bytes) -> bytes:
+    """The body SGLang will parse: checked, and with our fields rewritten (OpenAI endpoints)."""
     data = _json_object(body)
-    if data is None or not rewrite_body(data):
-        return body
-    return json.dumps(data).encode()
-
-
-def _check_native(body: bytes) -> bytes:
-    data = _json_object(body)
-    if data is not None:
+    if data is None:
+        return body  # SGLang reports malformed JSON itself
+    check_token_ids(path, data, served_vocab_size())
+    if path not in OPENAI_GENERATION_PATHS:
         check_native_body(data)
-    return body
+        return body
+    return json.dumps(data).encode() if rewrite_body(data) else body
 
 
 def _json_object(body: bytes) -> dict | None:
     try:
         data = json.loads(body)
     except ValueError:
-        return None  # SGLang reports malformed JSON itself
+        return None
     return data if isinstance(data, dict) else None
 
 

@@ -8,16 +8,16 @@ a grammar or tools are refused or have blocks switched off (npr_engine/api/confl
 from __future__ import annotations
 
 from npr_engine.api.conflicts import NATIVE_SWITCH_OFF, conflict_message, native_conflict, openai_conflict
+from npr_engine.api.errors import RequestError
 from npr_engine.core.options import OPTIONS_KEY, InvalidNprOptions, NprOptions
+from npr_engine.grammar.schemas import known_schemas
 
 PARALLEL_FIELD = "parallel"
 CUSTOM_FIELD = "custom_params"
 
 
-class BadParallelRequest(ValueError):
-    def __init__(self, message: str, param: str | None):
-        super().__init__(message)
-        self.param = param
+class BadParallelRequest(RequestError):
+    """Invalid `parallel` options, or parallel blocks beside a grammar or tools."""
 
 
 def rewrite_body(body: dict) -> bool:
@@ -48,10 +48,23 @@ def _as_dict(raw: object) -> object:
 
 
 def _parse(raw: object, where: str) -> NprOptions:
+    _check_schema_name(raw, where)
     try:
         return NprOptions.from_dict(raw)
     except InvalidNprOptions as exc:
         raise BadParallelRequest(str(exc), f"{where}.{exc.field}" if exc.field else where) from exc
+
+
+def _check_schema_name(raw: object, where: str) -> None:
+    """Over HTTP a schema is a registered name or the server's own `--tag-schema`.
+
+    NOTE: NprOptions also takes a JSON file path (offline use); from a client that would
+    let any request make the server read, and probe for, files on its disk."""
+    name = raw.get("schema") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name or name in known_schemas() or name == NprOptions().schema:
+        return
+    raise BadParallelRequest(f"parallel.schema: unknown schema {name!r} (known: {', '.join(known_schemas())})",
+                             f"{where}.schema")
 
 
 def _write(body: dict, custom: dict, options: NprOptions) -> bool:
@@ -68,6 +81,7 @@ def check_native_body(body: dict) -> None:
             continue
         if OPTIONS_KEY not in item[CUSTOM_FIELD]:
             continue
+        _check_schema_name(item[CUSTOM_FIELD][OPTIONS_KEY], f"sampling_params.{CUSTOM_FIELD}.{OPTIONS_KEY}")
         try:
             enabled = NprOptions.from_dict(item[CUSTOM_FIELD][OPTIONS_KEY]).enabled
         except InvalidNprOptions:

@@ -1,0 +1,40 @@
+"""Requests that used to crash or misuse the server are refused with OpenAI-shaped 400s
+(found while fuzzing the API, issue 5)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+VOCAB = 49152  # the default model's
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": [1, 2, VOCAB]}, "prompt"),
+    ("/v1/completions", {"prompt": [[1, 2], [3, -1]]}, "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "input_ids": [10**12]}, "input_ids"),
+    ("/generate", {"input_ids": [5, VOCAB + 7], "sampling_params": {"max_new_tokens": 2}}, "input_ids"),
+    ("/generate", {"input_ids": [[5], [-3]], "sampling_params": {"max_new_tokens": 2}}, "input_ids"),
+])
+def test_token_ids_outside_the_vocabulary_are_400_not_a_crash(server, path, body, param):
+    # NOTE: SGLang 0.5.23 passes such ids to the embedding lookup, whose IndexError kills the scheduler.
+    resp = httpx.post(server.base_url + path, json={"model": "default", "max_tokens": 2, **body}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and "outside the vocabulary" in error["message"]
+    ok = httpx.post(server.base_url + "/v1/completions", json={"prompt": [1, 2, VOCAB - 1], "max_tokens": 2},
+                    timeout=60)
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": "hi", "parallel": {"schema": "/etc/hostname"}}, "parallel.schema"),
+    ("/v1/completions", {"prompt": "hi", "custom_params": {"npr": {"schema": "/etc/hostname"}}},
+     "custom_params.npr.schema"),
+    ("/generate", {"text": "hi", "sampling_params": {"custom_params": {"npr": {"schema": "/etc/hostname"}}}},
+     "sampling_params.custom_params.npr.schema"),
+])
+def test_schema_file_paths_are_not_read_for_clients(server, path, body, param):
+    resp = httpx.post(server.base_url + path, json={"max_tokens": 2, **body}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param and "unknown schema" in resp.json()["error"]["message"]
