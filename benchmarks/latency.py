@@ -9,7 +9,7 @@ Measured side by side in one run, on one engine:
 Prints speed-up (a/fork), its fraction of the ideal (W*L+S)/(L+S), and fork's
 fraction of (b) (b/fork), as a table, JSON and a PNG plot over W.
 
-  python benchmarks/latency.py --out bench_out [--dtype bfloat16] [--widths 1 2 4 8]
+  python benchmarks/latency.py --out bench_out [--dtype bfloat16] [--widths 1 2 4 8] [--inject step]
 """
 
 from __future__ import annotations
@@ -51,20 +51,27 @@ def measure(llm, width: int, length: int, summary: int, repeats: int) -> dict:
         "ind": lambda: (llm.generate([PROMPT] * width, {**plain, "max_new_tokens": length}),
                         llm.generate(PROMPT, {**plain, "max_new_tokens": summary})),
     }
-    for run in runs.values():
+    steps = {}
+    for name, run in runs.items():
+        start = _forward_ct(llm)
         run()  # warm-up: prefix cache and allocator in their steady state
+        steps[name] = _forward_ct(llm) - start
     times = {name: timed(run, repeats) for name, run in runs.items()}
     final = llm.generate(PROMPT, fork_params)["meta_info"]["npr_trace"]
     ideal = (width * length + summary) / (length + summary)
     speedup = times["seq"] / times["fork"]
     return {
-        "W": width, "L": length, "S": summary, "seconds": times,
+        "W": width, "L": length, "S": summary, "seconds": times, "steps": steps,
         "speedup": speedup, "ideal": ideal, "of_ideal": speedup / ideal,
         "of_independent": times["ind"] / times["fork"],
         "path_tokens": [p["tokens"] for p in final["blocks"][0]["paths"]],
         "critical_path_tokens": final["critical_path_tokens"], "total_tokens": final["total_tokens"],
         "parallel_rate": final["parallel_rate"],
     }
+
+
+def _forward_ct(llm) -> int:
+    return llm.get_server_info()["internal_states"][0]["npr_kv"]["forward_ct"]
 
 
 def _summary_tokens(out: dict, trace: dict) -> int:
@@ -75,13 +82,15 @@ def _summary_tokens(out: dict, trace: dict) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["  W    L   S |  fork s   seq s   ind s | speed-up  ideal  of ideal  of (b) | paths  rate"]
+    lines = ["  W    L   S |  fork s   seq s   ind s | speed-up  ideal  of ideal  of (b) | paths  rate"
+             " | steps fork/seq/ind"]
     for r in rows:
-        t = r["seconds"]
+        t, n = r["seconds"], r["steps"]
         lines.append(
             f"{r['W']:3d} {r['L']:4d} {r['S']:3d} | {t['fork']:7.2f} {t['seq']:7.2f} {t['ind']:7.2f} | "
             f"{r['speedup']:8.2f} {r['ideal']:6.2f} {r['of_ideal']:9.2f} {r['of_independent']:7.2f} | "
-            f"{min(r['path_tokens'])}-{max(r['path_tokens'])} {r['parallel_rate']}"
+            f"{min(r['path_tokens'])}-{max(r['path_tokens'])} {r['parallel_rate']} | "
+            f"{n['fork']}/{n['seq']}/{n['ind']}"
         )
     return "\n".join(lines)
 
@@ -117,7 +126,10 @@ def main() -> None:
     ap.add_argument("--S", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--inject", choices=["extend", "step"], default="extend",
+                    help="multi-token injected text: one extend step (default) or one token per step")
     args = ap.parse_args()
+    os.environ["NPR_INJECT"] = args.inject  # read by the scheduler process
 
     import sglang
 
@@ -133,9 +145,10 @@ def main() -> None:
         llm.shutdown()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latency.json").write_text(json.dumps({"dtype": args.dtype, "model": model, "rows": rows}, indent=1))
+    (out / "latency.json").write_text(
+        json.dumps({"dtype": args.dtype, "model": model, "inject": args.inject, "rows": rows}, indent=1))
     plot(rows, out / "latency.png")
-    print(f"model {Path(model).name}, dtype {args.dtype}, device {args.device}")
+    print(f"model {Path(model).name}, dtype {args.dtype}, device {args.device}, inject {args.inject}")
     print(table(rows))
 
 

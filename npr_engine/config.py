@@ -16,6 +16,13 @@ def _default_cache_dir() -> Path:
 class EnvConfig:
     cache_dir: Path
     tag_schema: str
+    # How injected text of several tokens is fed: "extend" (one forward step for all of
+    # them, npr_engine/sched/extend.py) or "step" (one token per decode step).
+    inject: str = "extend"
+
+    def __post_init__(self):
+        if self.inject not in ("extend", "step"):
+            raise ValueError(f"NPR_INJECT must be 'extend' or 'step', not {self.inject!r}")
 
     @classmethod
     def from_env(cls) -> EnvConfig:
@@ -23,6 +30,7 @@ class EnvConfig:
         return cls(
             cache_dir=Path(cache) if cache else _default_cache_dir(),
             tag_schema=os.environ.get("NPR_TAG_SCHEMA", "parallel"),
+            inject=os.environ.get("NPR_INJECT", "extend"),
         )
 
 

@@ -18,6 +18,7 @@ HOOK_MODULES = (
     "http_routes",
     "internal_state",
     "batch_result",
+    "extend_batch",
     "output_streamer",
     "positions",
     "tokenizer_meta",

@@ -43,9 +43,12 @@ def test_fork_aliases_prefix_and_join_concatenates_slots(engine):
     joined = join["row"]
     assert joined[: len(prefix)] == prefix
     own = joined[len(prefix):]
-    # Branch 1 keeps its copy of the fork token; branch 2's copy is freed exactly once.
-    assert len(join["freed"]) == 1 and join["freed"][0] not in joined
-    assert len(own) == sum(p["kv"] - len(prefix) for p in parks) - 1
+    # The forced block open is written at once: every branch computes those tokens after
+    # the prefix; branch 1 keeps its copies, branch 2's are freed exactly once.
+    u = fork["uncommitted"]
+    assert u == len(engine.tokenizer_manager.tokenizer.encode("<parallel>", add_special_tokens=False))
+    assert len(join["freed"]) == u and not set(join["freed"]) & set(joined)
+    assert len(own) == sum(p["kv"] - len(prefix) for p in parks) - u
     assert len(set(joined)) == len(joined)
     assert_idle(engine)
 

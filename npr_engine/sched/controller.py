@@ -16,14 +16,17 @@ from collections import deque
 
 from sglang.srt.runtime_context import get_observability
 
+from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder
 from npr_engine.core.options import InvalidNprOptions, NprOptions
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
+from npr_engine.sched.batches import park
+from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
-from npr_engine.sched.logprobs import record_injected
+from npr_engine.sched.logprobs import note_written, record_injected
 from npr_engine.sched.state import Phase, Seq, Unit, seq_of
 
 logger = logging.getLogger("npr_engine")
@@ -39,6 +42,8 @@ class Controller:
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
         self.metrics = NprMetrics(bool(get_observability().enable_metrics))
+        self.extends = ExtendQueue(scheduler)
+        self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
 
     # -- text <-> tokens --------------------------------------------------------------
@@ -51,6 +56,24 @@ class Controller:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def writes_at_once(self, seq: Seq) -> bool:
+        """Whether injected text of several tokens goes in one extend step.
+
+        NOTE: requests returning log-probs keep one token per step: each injected token
+        then has its own logits row to be rescored from (npr_engine/sched/logprobs.py).
+        """
+        return self.multi_token and not seq.req.return_logprob
+
+    def write(self, seq: Seq, tokens) -> list:
+        """Append injected tokens to the sequence now; returns the parser's events."""
+        _append_injected(seq, tokens)
+        text = seq.decoder.push(tokens)
+        return seq.parser.feed(text) if text else []
+
+    def queue_extend(self, seq: Seq) -> None:
+        self.lifecycle.opened(seq.unit)
+        self.extends.add(seq)
 
     def is_eos(self, req, token: int) -> bool:
         if req.eos_token_ids and token in req.eos_token_ids:
@@ -155,10 +178,14 @@ class Controller:
             return
         to_park: list[Seq] = []
         to_fork: list[tuple[Seq, tuple[str, ...]]] = []
+        to_extend: list[Seq] = []
         stepped: list[Seq] = []
         for req in list(batch.reqs):
             seq = seq_of(req)
             prev = req.__dict__.pop("_npr_prev_len", None)
+            if seq is not None and seq.phase is Phase.EXTEND:
+                self.extends.done(seq)
+                self.lifecycle.closed(seq.unit)
             if seq is None or prev is None or len(req.output_ids) <= prev:
                 continue
             if seq.phase is Phase.CLOSING:
@@ -171,6 +198,8 @@ class Controller:
                 if not seq.is_branch and seq.unit.trace.blocks:
                     self.metrics.finished(seq.unit.trace.parallel_rate)
                 continue
+            if self._write_forced_now(seq):
+                to_extend.append(seq)
             text = seq.decoder.push(req.output_ids[prev:])
             for event in seq.parser.feed(text) if text else ():
                 if isinstance(event, Fork):
@@ -182,7 +211,30 @@ class Controller:
         self.forkjoin.park(batch, to_park)
         for seq, plan_items in to_fork:
             self.forkjoin.fork(batch, seq, plan_items)
+        # Written tokens that no fork took over (a fork's branches compute them).
+        extending = [s for s in to_extend if s.phase is Phase.ACTIVE and not s.req.finished()]
+        park(batch, [s.req for s in extending])
+        for seq in extending:
+            self.queue_extend(seq)
         self.forkjoin.join_ready([s.block for s in to_park])
+
+    def _write_forced_now(self, seq: Seq) -> bool:
+        """Move a forced block open (all but its first token, already injected) into the
+        output at once; close tags stay one per step (the branch is about to end)."""
+        if not seq.forced or seq.close_reason is not None or not self.writes_at_once(seq):
+            return False
+        req = seq.req
+        if len(req.output_ids) + len(seq.forced) > req.sampling_params.max_new_tokens:
+            return False
+        _append_injected(seq, list(seq.forced))
+        seq.forced.clear()
+        return True
+
+
+def _append_injected(seq: Seq, tokens: list[int]) -> None:
+    seq.req.output_ids.extend(tokens)
+    seq.injected += len(tokens)
+    note_written(seq, len(tokens))
 
 
 def forced_open_text(schema, paths: int) -> str:

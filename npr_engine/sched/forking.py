@@ -86,11 +86,13 @@ class ForkJoin:
             return
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
-        assert prefix_len == len(parent.origin_input_ids) + len(parent.output_ids) - 1, "not at a step boundary"
+        # Parent tokens without KV: the fork token, or a whole forced block open.
+        uncommitted = len(parent.origin_input_ids) + len(parent.output_ids) - prefix_len
+        assert uncommitted >= 1, "not at a step boundary"
         pool = self.scheduler.req_to_token_pool
         rows = pool.alloc_rows(width)
         alias_prefix(pool.req_to_token, parent.kv.req_pool_idx, rows, prefix_len)
-        block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len)
+        block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len, uncommitted=uncommitted)
         for i, row in enumerate(rows, start=1):
             block.branches.append(self._make_branch(seq, block, i, row))
         block_trace.paths = [b.path for b in block.branches]
@@ -99,10 +101,24 @@ class ForkJoin:
         self.ctl.lifecycle.opened(seq.unit)
         self.ctl.metrics.forked(width)
         park(batch, [parent])
-        pending = parent.output_ids[-1]
-        inject(self.scheduler, [b.req for b in block.branches], [pending] * width)
-        self._debug("fork", rid=parent.rid, prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
+        self._start_branches(block)
+        self._debug("fork", rid=parent.rid, uncommitted=uncommitted,
+                    prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
                     rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
+
+    def _start_branches(self, block: Block) -> None:
+        """Each branch computes the parent's uncommitted tokens and its header: in one
+        extend step, or (one token per step) as a decode-ready request."""
+        if self.ctl.writes_at_once(block.parent):
+            for branch in block.branches:
+                header = list(branch.forced)
+                branch.forced.clear()
+                self.ctl.write(branch, header)
+                self.ctl.queue_extend(branch)
+            return
+        assert block.uncommitted == 1, "one-token-per-step injection forks at a sampled token"
+        pending = block.parent.req.output_ids[-1]
+        inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
 
     def _fallback_reason(self, seq: Seq, width: int) -> str | None:
         if seq.depth + 1 > seq.options.max_depth:
@@ -184,7 +200,7 @@ class ForkJoin:
         branches = [b.req for b in block.branches]
         kv_len, duplicates = join_rows(
             pool.req_to_token, parent.kv.req_pool_idx, block.prefix_len,
-            [(b.kv.req_pool_idx, b.kv.kv_committed_len) for b in branches],
+            [(b.kv.req_pool_idx, b.kv.kv_committed_len) for b in branches], block.uncommitted,
         )
         fork_len = len(parent.output_ids)
         for b in branches:
@@ -207,13 +223,13 @@ class ForkJoin:
         seq.phase, seq.child = Phase.ACTIVE, None
         seq.unit.blocks_open -= 1
         seq.unit.joined = True
-        self.ctl.lifecycle.closed(seq.unit)
         self.ctl.metrics.joined(sum(b.npr.path.tokens for b in branches))
         self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
                     freed=duplicates.tolist())
         if seq.is_branch:
             seq.path.tokens = seq.own_tokens()
         self._resume(seq, block)
+        self.ctl.lifecycle.closed(seq.unit)
 
     def _resume(self, seq: Seq, block: Block) -> None:
         """Feed the join header and put the parent back in the running batch."""
@@ -223,6 +239,10 @@ class ForkJoin:
         budget = seq.unit.root.req.sampling_params.max_new_tokens
         if not seq.is_branch and len(parent.output_ids) + len(header) >= budget:
             self._finish_length(seq)
+            return
+        if self.ctl.writes_at_once(seq):
+            self.ctl.write(seq, header)
+            self.ctl.queue_extend(seq)
             return
         parent.output_ids.append(header[0])
         note_join_token(seq, block)
@@ -255,6 +275,6 @@ def _subtree_tokens(seq: Seq) -> int:
 def _live_branches(seq: Seq):
     if seq.child is not None:
         for b in seq.child.branches:
-            if b.phase is Phase.ACTIVE:
+            if b.phase in (Phase.ACTIVE, Phase.EXTEND):
                 yield b
             yield from _live_branches(b)

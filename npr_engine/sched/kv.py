@@ -1,13 +1,14 @@
 """Zero-copy KV bookkeeping for fork and join (page size 1: one slot per token).
 
     parent row at fork:  | prefix (L slots, shared) |
-    branch i row:        | prefix (aliased)         | t | header i | text i | close i |
-    parent row at join:  | prefix | t h1 .. close1 | h2 .. close2 | ... | join header ..
+    branch i row:        | prefix (aliased)         | u | header i | text i | close i |
+    parent row at join:  | prefix | u h1 .. close1 | h2 .. close2 | ... | join header ..
                                     ^ branch 1's own slots, then each later branch's
-                                      own slots minus its copy of t (freed)
+                                      own slots minus its copy of u (freed)
 
-t is the token that completed the fork tag: it had no KV at the fork, so every branch
-computes it at the same position in its first step. Only branch 1's copy is kept.
+u are the parent's tokens without KV at the fork: the sampled token that completed
+the fork tag, or a whole forced block open written at once. Every branch computes
+them at the same positions in its first step; only branch 1's copy is kept.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ def join_rows(
     parent_row: int,
     prefix_len: int,
     branches: list[tuple[int, int]],
+    uncommitted: int = 1,
 ) -> tuple[int, torch.Tensor]:
     """Concatenate branch-owned slots into the parent row after the prefix.
 
     branches: (row, kv_len) per branch in index order; each row owns [prefix_len, kv_len).
-    Returns the parent's new KV length and the duplicate fork-token slots to free.
+    Returns the parent's new KV length and the duplicate slots of u (uncommitted) to free.
     """
     pieces, duplicates = [], []
     for k, (row, kv_len) in enumerate(branches):
         own = req_to_token[row, prefix_len:kv_len]
         if k > 0:
-            duplicates.append(own[:1])
-            own = own[1:]
+            duplicates.append(own[:uncommitted])
+            own = own[uncommitted:]
         pieces.append(own)
     joined = torch.cat(pieces)
     end = prefix_len + joined.numel()

@@ -37,13 +37,15 @@ class UnitLifecycle:
     def __init__(self, controller):
         self.scheduler = controller.scheduler
         self.metrics = controller.metrics
+        self.extends = controller.extends
         self.open_units: dict[int, Unit] = {}
 
     def opened(self, unit: Unit) -> None:
         self.open_units[id(unit)] = unit
 
     def closed(self, unit: Unit) -> None:
-        if unit.blocks_open == 0:
+        # A member waiting for its extend step is in no batch: the unit stays ours.
+        if unit.blocks_open == 0 and unit.extending == 0:
             self.open_units.pop(id(unit), None)
 
     def matching(self, rid: str, abort_all: bool) -> list[Unit]:
@@ -64,6 +66,8 @@ class UnitLifecycle:
             members = [q.req for q in seqs if q.req in running.reqs and q.is_branch]
             if members:
                 running.filter_batch(reqs_to_exclude=members)
+        for q in seqs:
+            self.extends.discard(q)
         for branch in reversed(branches):  # children first: their rows alias their parents'
             _free_branch(s, branch)
         self.metrics.aborted_parked(sum(1 for q in seqs if q.child is not None))
@@ -74,8 +78,9 @@ class UnitLifecycle:
             q.child = None
             if q.path is not None and q.path.finish is None:
                 q.path.finish = "abort"
-        if root.phase is Phase.FORKED:
-            # Parked: not in any batch, so the stock abort cannot see it. Finish it here.
+        if root.phase is Phase.FORKED or root.req not in (running.reqs if running is not None else ()):
+            # Parked or waiting for its extend step: not in any batch, so the stock
+            # abort cannot see it. Finish it here.
             root.phase = Phase.ACTIVE
             req = root.req
             req.finished_reason = FINISH_ABORT(message, status)
@@ -109,13 +114,16 @@ RETRACT_MESSAGE = (
 
 
 def after_retract(lifecycle: UnitLifecycle, retracted: list, to_abort: list) -> tuple[list, list]:
-    """SGLang retracted unit members under memory pressure: abort their units instead."""
+    """SGLang retracted unit members under memory pressure, or aborted a branch it could
+    not keep (the last request, out of memory): abort their whole units instead."""
     members = [r for r in retracted if is_unit_member(r)]
-    if not members:
+    branches_aborted = [r for r in to_abort if _is_branch(r)]
+    if not members and not branches_aborted:
         return retracted, to_abort
     kept = [r for r in retracted if not is_unit_member(r)]
-    to_abort = list(to_abort)
-    for req in members:
+    # A branch's abort reaches the client as its root's (lifecycle.abort streams it).
+    to_abort = [r for r in to_abort if not _is_branch(r)]
+    for req in members + branches_aborted:
         seq = req.npr
         if seq.is_branch:
             if id(seq.unit) in lifecycle.open_units:
@@ -124,10 +132,23 @@ def after_retract(lifecycle: UnitLifecycle, retracted: list, to_abort: list) -> 
             # A joined root: its KV is already released; report it as aborted.
             req.to_finish = FINISH_ABORT(RETRACT_MESSAGE, 503)
             to_abort.append(req)
-    logger.warning("NPR Engine: %d unit member(s) retracted; their units were aborted", len(members))
+    logger.warning("NPR Engine: %d unit member(s) retracted; their units were aborted",
+                   len(members) + len(branches_aborted))
     return kept, to_abort
 
 
+def _is_branch(req) -> bool:
+    seq = seq_of(req)
+    return seq is not None and seq.is_branch
+
+
 def retraction_order(order: list[int], reqs: list) -> list[int]:
-    """Keep unit members longest: SGLang retracts from the end of this list."""
-    return [i for i in order if is_unit_member(reqs[i])] + [i for i in order if not is_unit_member(reqs[i])]
+    """SGLang retracts from the end of this list: other requests first, then unit
+    members one whole unit at a time (the unit SGLang would give up first goes first),
+    so that no unit is left with part of its members retracted."""
+    others = [i for i in order if not is_unit_member(reqs[i])]
+    units: dict[int, list[int]] = {}
+    for i in order:
+        if is_unit_member(reqs[i]):
+            units.setdefault(id(seq_of(reqs[i]).unit), []).append(i)
+    return [i for members in units.values() for i in members] + others

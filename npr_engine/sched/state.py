@@ -22,6 +22,7 @@ class Phase(Enum):
     FORKED = "forked"  # parked parent waiting for its block to join
     CLOSING = "closing"  # branch wrote its last token; one step computes that token's KV
     PARKED = "parked"  # branch finished, KV kept for the join
+    EXTEND = "extend"  # out of every batch until its injected tokens run as one extend
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Unit:
     blocks_open: int = 0
     closing_text: str = ""  # appended to the returned text, never to the KV
     joined: bool = False  # the root row holds joined branch KV (never re-prefill it)
+    extending: int = 0  # members waiting in the extend queue (npr_engine/sched/extend.py)
 
 
 @dataclass
@@ -65,7 +67,8 @@ class Seq:
 class Block:
     trace: BlockTrace
     parent: Seq
-    prefix_len: int  # L: slots shared by every branch (the fork token's KV excluded)
+    prefix_len: int  # L: slots shared by every branch (KV the parent had committed)
+    uncommitted: int = 1  # parent tokens after L that every branch computes itself
     branches: list[Seq] = field(default_factory=list)
 
     def all_parked(self) -> bool:

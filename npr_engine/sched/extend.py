@@ -1,0 +1,90 @@
+"""Multi-token injection as one extend step (STYLE.md: "fork-header prefill and
+join-header prefill are then the same mechanism").
+
+Injected text of several tokens (a forced block open, a branch's header, the join
+header) would cost one forward step per token if fed like sampled tokens. Instead
+the tokens are appended to the sequence's `output_ids` at once and the sequence is
+queued here, out of every batch; at the next scheduling point its uncommitted tokens
+run as one extend (prefill) forward over the KV row it already holds, sampling the
+token after them. SGLang then merges that batch into the running batch as it does
+any finished prefill.
+
+    row before:  | committed KV ............ | (no KV yet)
+    fill ids:    | origin_input_ids + output_ids ........... u1 .. uk |
+    this step:                                 ^ extend input: u1 .. uk
+
+Every queued sequence of a step goes into one extend batch, so a fork or a join
+costs the other running requests a single forward step.
+"""
+
+from __future__ import annotations
+
+from sglang.srt.managers.schedule_batch import ScheduleBatch
+
+from npr_engine.sched.state import Phase, Seq
+
+
+class ExtendQueue:
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.waiting: list[Seq] = []
+
+    def add(self, seq: Seq) -> None:
+        seq.phase = Phase.EXTEND
+        seq.unit.extending += 1
+        self.waiting.append(seq)
+
+    def done(self, seq: Seq) -> None:
+        """The extend ran (or the sequence died): it is an ordinary running request again."""
+        if seq.phase is Phase.EXTEND:
+            seq.phase = Phase.ACTIVE
+            seq.unit.extending -= 1
+
+    def discard(self, seq: Seq) -> None:
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.done(seq)
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def take_batch(self) -> ScheduleBatch | None:
+        """The extend batch for every live queued sequence, or None."""
+        seqs, self.waiting = self.waiting, []
+        live = [s for s in seqs if _alive(s)]
+        for seq in seqs:
+            if seq not in live:
+                self.done(seq)
+        if not live:
+            return None
+        return build_extend_batch(self.scheduler, [s.req for s in live])
+
+
+def _alive(seq: Seq) -> bool:
+    req = seq.req
+    return req.kv.holds_kv and not req.finished() and req.to_finish is None
+
+
+def build_extend_batch(scheduler, reqs: list) -> ScheduleBatch:
+    """An extend batch over rows the requests already hold (SGLang's chunked-prefill path:
+    `alloc_for_extend` keeps a held row and reads the prefix from it)."""
+    for req in reqs:
+        committed = req.kv.kv_committed_len
+        req.refresh_fill_ids()
+        req.prefix_len = committed
+        req.extend_end = len(req.full_untruncated_fill_ids)
+        assert req.extend_end > committed, "nothing to extend"
+        # NOTE: not a cache hit: keeps usage.cached_tokens the prompt's own.
+        req.already_computed = committed
+    batch = ScheduleBatch.init_new(
+        reqs=reqs,
+        req_to_token_pool=scheduler.req_to_token_pool,
+        token_to_kv_pool_allocator=scheduler.token_to_kv_pool_allocator,
+        tree_cache=scheduler.tree_cache,
+        model_config=scheduler.model_config,
+        enable_overlap=scheduler.enable_overlap,
+        spec_algorithm=scheduler.spec_algorithm,
+    )
+    batch.prepare_for_extend()
+    batch.decoding_reqs = None
+    return batch
