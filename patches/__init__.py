@@ -28,6 +28,7 @@ HOOK_MODULES = (
     "attention_backend",
     "abort",
     "retraction",
+    "stop_strings",
     "reasoning",
     "invariants",
 )
