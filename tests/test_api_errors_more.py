@@ -38,3 +38,25 @@ def test_schema_file_paths_are_not_read_for_clients(server, path, body, param):
     resp = httpx.post(server.base_url + path, json={"max_tokens": 2, **body}, timeout=60)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param and "unknown schema" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("processor", ["not json", '{"callable": "zz"}', '{"callable": "80049500"}', "[1]"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/generate"])
+def test_broken_custom_logit_processor_is_400_not_a_crash(server, path, processor):
+    # NOTE: SGLang 0.5.23 parses it in the scheduler while building a batch; an error there kills it.
+    body = {"/v1/completions": {"prompt": "hi", "max_tokens": 2},
+            "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            "/generate": {"text": "hi", "sampling_params": {"max_new_tokens": 2}}}[path]
+    resp = httpx.post(server.base_url + path, json={**body, "custom_logit_processor": processor}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "custom_logit_processor"
+
+
+def test_valid_custom_logit_processor_still_runs(server):
+    from sglang.srt.sampling.custom_logit_processor import DisallowedTokensLogitsProcessor
+
+    resp = httpx.post(server.base_url + "/v1/completions", timeout=60, json={
+        "prompt": "hi", "max_tokens": 4, "custom_logit_processor": DisallowedTokensLogitsProcessor.to_str(),
+        "custom_params": {"token_ids": [1]}})
+    assert resp.status_code == 200, resp.text
+    server.assert_kv_idle()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 from npr_engine.api.errors import RequestError, error_bytes
+from npr_engine.api.guards import check_request
 from npr_engine.api.request import check_native_body, rewrite_body
 from npr_engine.api.response_rewriter import ResponseRewriter
-from npr_engine.api.token_ids import check_token_ids, served_vocab_size
 
 OPENAI_GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 NATIVE_GENERATION_PATH = "/generate"
@@ -79,7 +79,7 @@ def _prepare(path: str, body: bytes) -> bytes:
     data = _json_object(body)
     if data is None:
         return body  # SGLang reports malformed JSON itself
-    check_token_ids(path, data, served_vocab_size())
+    check_request(path, data)
     if path not in OPENAI_GENERATION_PATHS:
         check_native_body(data)
         return body

@@ -1,0 +1,84 @@
+"""Requests that would take SGLang 0.5.23's scheduler down are refused with a 400.
+
+Both were found by the schemathesis run (issue 5); each kills the scheduler process,
+and with it the whole server, from a single request:
+- token-id prompts with an id outside [0, vocab_size): SGLang checks `token_ids_logprob`
+  but not the prompt, and the embedding lookup raises IndexError;
+- a `custom_logit_processor` that does not deserialize (with
+  `--enable-custom-logit-processor`): the scheduler parses it while building a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from npr_engine.api.errors import RequestError
+
+# Where each endpoint takes token ids: a flat list, or a list of lists (a batch).
+TOKEN_ID_FIELDS = {
+    "/v1/completions": ("prompt",),
+    "/v1/chat/completions": ("input_ids",),
+    "/generate": ("input_ids",),
+}
+PROCESSOR_FIELD = "custom_logit_processor"
+
+
+def _tokenizer_manager():
+    from sglang.srt.entrypoints import http_server
+
+    return getattr(getattr(http_server, "_global_state", None), "tokenizer_manager", None)
+
+
+def check_request(path: str, body: dict) -> None:
+    """Raise RequestError (naming the field) for a request that would crash the scheduler."""
+    manager = _tokenizer_manager()
+    if manager is None:
+        return  # not serving yet
+    vocab_size = getattr(getattr(manager, "model_config", None), "vocab_size", None)
+    if vocab_size:
+        for field in TOKEN_ID_FIELDS.get(path, ()):
+            _check_token_ids(field, body.get(field), vocab_size)
+    if getattr(getattr(manager, "server_args", None), "enable_custom_logit_processor", False):
+        _check_processors(body.get(PROCESSOR_FIELD))
+
+
+def _check_token_ids(field: str, value: Any, vocab_size: int) -> None:
+    bad = _first_out_of_range(value, vocab_size)
+    if bad is not None:
+        raise RequestError(f"{field} contains token id {bad} outside the vocabulary [0, {vocab_size})", field)
+
+
+def _first_out_of_range(value: Any, vocab_size: int) -> int | None:
+    if not isinstance(value, list):
+        return None  # text prompts, and shapes SGLang's own validation rejects
+    for item in value:
+        if isinstance(item, list):
+            bad = _first_out_of_range(item, vocab_size)
+            if bad is not None:
+                return bad
+        elif isinstance(item, int) and not isinstance(item, bool) and not 0 <= item < vocab_size:
+            return item
+    return None
+
+
+def _check_processors(value: Any) -> None:
+    # NOTE: only reached when the operator enabled custom logit processors, i.e. chose to
+    # run clients' serialized code; loading it here, not in the scheduler, changes nothing
+    # about that trust, and a broken one becomes a 400 instead of a dead server.
+    for item in value if isinstance(value, list) else [value]:
+        if item is not None and not _loads(item):
+            raise RequestError(
+                f"{PROCESSOR_FIELD} is not a serialized CustomLogitProcessor (see CustomLogitProcessor.to_str())",
+                PROCESSOR_FIELD,
+            )
+
+
+def _loads(serialized: Any) -> bool:
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+
+    if not isinstance(serialized, str):
+        return True  # SGLang's request validation rejects the type itself
+    try:
+        return isinstance(CustomLogitProcessor.from_str(serialized), CustomLogitProcessor)
+    except Exception:  # anything deserialization raises: orjson, hex, dill, the constructor
+        return False
