@@ -12,7 +12,7 @@ import pytest
 
 REQUESTS = 32
 MAX_TOKENS = 32
-FORCED = {"force": True, "paths": 2, "max_path_tokens": 8}
+FORCED = {"force": True, "paths": 2, "max_path_tokens": 12}  # header 6 + close 3 tokens: room for text
 CLOSED_EARLY = {3, 10, 17, 24}  # two forced (even), two plain (odd); chat and completions
 FINISHES = {"close", "budget", "eos", "stop", "length"}
 
