@@ -4,12 +4,19 @@ SGLang 0.5.23 (the seam SGLang provides for custom output streamers).
 Branch requests are internal: they never reach the detokenizer. A tracked request's
 trace travels with its final output as customized info `npr_trace`, which the
 tokenizer-side hook (patches/tokenizer_meta.py) turns into `meta_info["npr_trace"]`.
+
+Live branch text (`npr_branch_deltas`, npr_engine/sched/deltas.py) travels the same way:
+when a batch of branches is streamed, their parked streaming roots are streamed with it.
+SGLang 0.5.23 sends a streaming request's chunk even with no new tokens (stream interval
+1, the default); with a larger `--stream-interval` a parked root sends nothing and its
+deltas wait for its next chunk (after the join).
 """
 
 from __future__ import annotations
 
 from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
+from npr_engine.sched.deltas import DELTAS_KEY, parked_roots, take_deltas
 from npr_engine.sched.state import seq_of
 
 
@@ -32,16 +39,21 @@ def npr_streamer(base: type) -> type:
         __slots__ = ()
 
         def stream_output(self, reqs, return_logprob, skip_req=None):
-            visible = [r for r in reqs if not _is_branch(r)]
+            visible = [r for r in reqs if not _is_branch(r)] + parked_roots(reqs)
             if visible:
                 super().stream_output(visible, return_logprob, skip_req)
 
         def build_additional_customized_info(self, reqs):
-            values = []
+            # `reqs` are the requests whose chunk is sent now: their deltas go with it.
+            traces, deltas = [], []
             for req in reqs:
                 trace = trace_of(req) if req.finished() else None
-                values.append([trace] if trace is not None else [])
-            return {TRACE_KEY: values}
+                traces.append([trace] if trace is not None else [])
+                deltas.append(take_deltas(req))
+            info = {TRACE_KEY: traces}
+            if any(deltas):
+                info[DELTAS_KEY] = deltas
+            return info
 
     NprOutputStreamer.__name__ = f"Npr{base.__name__}"
     return NprOutputStreamer

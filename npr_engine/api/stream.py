@@ -1,9 +1,11 @@
-"""Our fields in streamed OpenAI responses: the final chunk of each choice carries
-`parallel_trace`, and the usage chunk `critical_path_tokens`.
+"""Our fields in streamed OpenAI responses: `branch_deltas` (live per-branch text while a
+block runs), `parallel_trace` on the final chunk of each choice, and
+`critical_path_tokens` on the usage chunk.
 
-The trace reaches the HTTP process in the request's last output (meta_info); the
-tokenizer-side hook records it here by request id, and the middleware adds it to the
-server-sent events as they pass.
+Both reach the HTTP process in the request's outputs; the tokenizer-side hooks
+(patches/tokenizer_meta.py) record them here by request id, and the middleware adds them
+to the server-sent events as they pass: a choice's pending deltas go with its next event,
+which a hook makes sure exists (an empty-delta chunk) when no flattened text moved.
 """
 
 from __future__ import annotations
@@ -24,6 +26,33 @@ def record_trace(rid: str, trace: dict) -> None:
 def _take(rid: str, index: int) -> dict | None:
     # n > 1: SGLang runs choice i as request f"{rid}_{i}".
     return _traces.pop(f"{rid}_{index}", None) or _traces.pop(rid, None)
+
+
+# Unsent branch deltas by request id, then by (block, path).
+# NOTE: bounded like the traces: streams nobody rewrites (native /generate, a client gone)
+# leave theirs behind.
+_deltas: OrderedDict[str, dict[tuple[int, int], dict]] = OrderedDict()
+
+
+def record_deltas(rid: str, deltas: list[dict]) -> None:
+    pending = _deltas.setdefault(rid, {})
+    for delta in deltas:
+        key = (delta["block"], delta["path"])
+        if key in pending:
+            pending[key]["text"] += delta["text"]
+        else:
+            pending[key] = dict(delta)
+    while len(_deltas) > _MAX_KEPT:
+        _deltas.popitem(last=False)
+
+
+def has_deltas(rid: str, index: int) -> bool:
+    return f"{rid}_{index}" in _deltas or rid in _deltas
+
+
+def _take_deltas(rid: str, index: int) -> list[dict]:
+    pending = _deltas.pop(f"{rid}_{index}", None) or _deltas.pop(rid, None)
+    return list(pending.values()) if pending else []
 
 
 class SseRewriter:
@@ -56,6 +85,10 @@ class SseRewriter:
             return event
         changed = False
         for choice in data.get("choices") or []:
+            deltas = _take_deltas(str(data.get("id", "")), choice.get("index", 0))
+            if deltas:
+                choice["branch_deltas"] = deltas
+                changed = True
             if choice.get("finish_reason") is not None:
                 trace = _take(str(data.get("id", "")), choice.get("index", 0))
                 if trace is not None:

@@ -23,6 +23,7 @@ from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched.batches import park
+from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
@@ -69,6 +70,7 @@ class Controller:
         """Append injected tokens to the sequence now; returns the parser's events."""
         _append_injected(seq, tokens)
         text = seq.decoder.push(tokens)
+        note_branch_text(seq, text)  # live `branch_deltas` for streaming clients
         return seq.parser.feed(text) if text else []
 
     def queue_extend(self, seq: Seq) -> None:
@@ -201,6 +203,7 @@ class Controller:
             if self._write_forced_now(seq):
                 to_extend.append(seq)
             text = seq.decoder.push(req.output_ids[prev:])
+            note_branch_text(seq, text)
             for event in seq.parser.feed(text) if text else ():
                 if isinstance(event, Fork):
                     to_fork.append((seq, event.plan_items))
