@@ -62,10 +62,13 @@ class UnitLifecycle:
         seqs = list(unit_seqs(unit.root))
         branches = [q for q in seqs if q.is_branch]
         running = s.running_batch
-        if running is not None and not running.is_empty():
-            members = [q.req for q in seqs if q.req in running.reqs and q.is_branch]
-            if members:
-                running.filter_batch(reqs_to_exclude=members)
+        # NOTE: an extend batch that just ran (branches' first step) is merged into the
+        # running batch only at the next scheduling point: take the branches out of both.
+        for batch in (running, s.last_batch):
+            if batch is not None and not batch.is_empty():
+                members = [q.req for q in branches if q.req in batch.reqs]
+                if members:
+                    batch.filter_batch(reqs_to_exclude=members)
         for q in seqs:
             self.extends.discard(q)
         for branch in reversed(branches):  # children first: their rows alias their parents'
