@@ -26,13 +26,16 @@ os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 PROMPT = "Think about why the sky is blue, then answer."
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def timed(runs: dict, repeats: int) -> dict[str, float]:
+    """Median wall-clock seconds per run; the runs are interleaved within each repeat, so
+    slow drifts of a noisy machine hit every column alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(llm, width: int, length: int, summary: int, repeats: int) -> dict:
@@ -56,7 +59,7 @@ def measure(llm, width: int, length: int, summary: int, repeats: int) -> dict:
         start = _forward_ct(llm)
         run()  # warm-up: prefix cache and allocator in their steady state
         steps[name] = _forward_ct(llm) - start
-    times = {name: timed(run, repeats) for name, run in runs.items()}
+    times = timed(runs, repeats)
     final = llm.generate(PROMPT, fork_params)["meta_info"]["npr_trace"]
     ideal = (width * length + summary) / (length + summary)
     speedup = times["seq"] / times["fork"]
