@@ -75,3 +75,20 @@ def test_branch_deltas_stream_while_the_block_runs(server, client):
     assert "".join(content) == reply.content
     assert chunks[-1].model_extra["parallel_trace"]["blocks"][0]["width"] == 3
     server.assert_kv_idle()
+
+
+def test_branch_deltas_stream_in_completions_too(server, client):
+    model = client.models.list().data[0].id
+    stream = client.completions.create(model=model, prompt="The sky is", max_tokens=60, temperature=0,
+                                       extra_body={"parallel": FORCED}, stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    deltas = [(c.model_extra or {}).get("branch_deltas") or [] for c in chunks]
+    text = [c.text or "" for c in chunks]
+    summary_at = next(i for i, t in enumerate(text) if "<summary>" in t)
+    live = [i for i, d in enumerate(deltas) if d]
+    assert len(live) > 1 and live[-1] < summary_at
+    per_path: dict[int, str] = {}
+    for item in (d for chunk_deltas in deltas for d in chunk_deltas):
+        per_path[item["path"]] = per_path.get(item["path"], "") + item["text"]
+    assert "".join(text).startswith("<parallel>" + "".join(per_path[i] for i in (1, 2, 3)))
+    server.assert_kv_idle()
