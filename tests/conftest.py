@@ -67,9 +67,9 @@ def server(default_model_dir):
 
 @pytest.fixture(scope="session")
 def engine(default_model_dir):
-    import sglang
+    from tests.support.engine import start_engine, stop_engine
 
-    llm = sglang.Engine(
+    llm = start_engine(
         model_path=str(default_model_dir),
         device="cpu",
         attention_backend="torch_native",
@@ -83,4 +83,4 @@ def engine(default_model_dir):
     try:
         yield llm
     finally:
-        llm.shutdown()
+        stop_engine(llm)

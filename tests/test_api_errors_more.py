@@ -60,3 +60,20 @@ def test_valid_custom_logit_processor_still_runs(server):
         "custom_params": {"token_ids": [1]}})
     assert resp.status_code == 200, resp.text
     server.assert_kv_idle()
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": "hi", "logprobs": VOCAB + 1}, "logprobs"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                              "top_logprobs": 10**6}, "top_logprobs"),
+    ("/generate", {"text": "hi", "return_logprob": True, "top_logprobs_num": VOCAB + 5,
+                   "sampling_params": {"max_new_tokens": 2}}, "top_logprobs_num"),
+])
+def test_top_logprobs_above_the_vocabulary_are_400_not_a_crash(server, path, body, param):
+    # NOTE: SGLang 0.5.23's sampler calls topk(k) over the vocabulary; k > vocab kills the scheduler.
+    resp = httpx.post(server.base_url + path, json={"model": "default", "max_tokens": 2, **body}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+    ok = httpx.post(server.base_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "logprobs": 3},
+                    timeout=60)
+    assert ok.status_code == 200, ok.text

@@ -17,7 +17,7 @@ import os
 import pytest
 
 from npr_engine.sched.lifecycle import RETRACT_MESSAGE
-from tests.support.engine import assert_idle, forced, params
+from tests.support.engine import assert_idle, forced, params, start_engine, stop_engine
 
 # Room to re-admit a retracted request at once (SGLang raises its admission estimate
 # after a retraction; with less, a retracted request waits and the batch may hold only
@@ -28,13 +28,11 @@ MAX_RUNNING = 4
 
 @pytest.fixture(scope="module")
 def small_engine(default_model_dir):
-    import sglang
-
     saved = os.environ.get("SGLANG_TEST_RETRACT")
     # NOTE: read by the scheduler process at start-up; restored once it is running.
     os.environ["SGLANG_TEST_RETRACT"] = "1"
     try:
-        llm = sglang.Engine(
+        llm = start_engine(
             model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
             disable_cuda_graph=True, dtype="float32", max_total_tokens=KV_TOKENS,
             max_running_requests=MAX_RUNNING, random_seed=0, log_level="error",
@@ -47,7 +45,7 @@ def small_engine(default_model_dir):
     try:
         yield llm
     finally:
-        llm.shutdown()
+        stop_engine(llm)
 
 
 def pool_size(engine) -> int:

@@ -5,7 +5,10 @@ and with it the whole server, from a single request:
 - token-id prompts with an id outside [0, vocab_size): SGLang checks `token_ids_logprob`
   but not the prompt, and the embedding lookup raises IndexError;
 - a `custom_logit_processor` that does not deserialize (with
-  `--enable-custom-logit-processor`): the scheduler parses it while building a batch.
+  `--enable-custom-logit-processor`): the scheduler parses it while building a batch;
+- a top-log-prob count above the vocabulary size (`top_logprobs` of a chat request,
+  `logprobs` of a completion, `top_logprobs_num` of /generate): the sampler's `topk`
+  raises "selected index k out of range".
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ TOKEN_ID_FIELDS = {
     "/generate": ("input_ids",),
 }
 PROCESSOR_FIELD = "custom_logit_processor"
+TOP_LOGPROB_FIELDS = {
+    "/v1/completions": "logprobs",
+    "/v1/chat/completions": "top_logprobs",
+    "/generate": "top_logprobs_num",
+}
 
 
 def _tokenizer_manager():
@@ -38,6 +46,7 @@ def check_request(path: str, body: dict) -> None:
     if vocab_size:
         for field in TOKEN_ID_FIELDS.get(path, ()):
             _check_token_ids(field, body.get(field), vocab_size)
+        _check_top_logprobs(TOP_LOGPROB_FIELDS.get(path), body, vocab_size)
     if getattr(getattr(manager, "server_args", None), "enable_custom_logit_processor", False):
         _check_processors(body.get(PROCESSOR_FIELD))
 
@@ -46,6 +55,14 @@ def _check_token_ids(field: str, value: Any, vocab_size: int) -> None:
     bad = _first_out_of_range(value, vocab_size)
     if bad is not None:
         raise RequestError(f"{field} contains token id {bad} outside the vocabulary [0, {vocab_size})", field)
+
+
+def _check_top_logprobs(field: str | None, body: dict, vocab_size: int) -> None:
+    value = body.get(field) if field else None
+    counts = value if isinstance(value, list) else [value]  # /generate takes one per prompt
+    for k in counts:
+        if isinstance(k, int) and not isinstance(k, bool) and k > vocab_size:
+            raise RequestError(f"{field} must be at most the vocabulary size ({vocab_size}), got {k}", field)
 
 
 def _first_out_of_range(value: Any, vocab_size: int) -> int | None:

@@ -23,3 +23,46 @@ def debug_events(engine, rid: str | None = None) -> list[dict]:
 
 def assert_idle(engine) -> dict:
     return wait_kv_idle(lambda: engine_kv_report(engine))
+
+
+def start_engine(**kwargs):
+    """An sglang.Engine whose own subprocesses are remembered, for `stop_engine`."""
+    import sglang
+
+    before = _child_pids()
+    llm = sglang.Engine(**kwargs)
+    llm._npr_test_pids = _child_pids() - before
+    return llm
+
+
+def stop_engine(llm) -> None:
+    """Stop an engine from `start_engine`, and only it.
+
+    NOTE: Engine.shutdown() kills every descendant of this process (SGLang 0.5.23's
+    kill_process_tree(os.getpid())), which would take down the session's test server
+    and the session engine along with a module's own engine.
+    """
+    import psutil
+
+    watchdog = getattr(llm.tokenizer_manager, "_subprocess_watchdog", None)
+    if watchdog is not None:
+        watchdog.stop()  # it treats a dead subprocess as a crash of the whole process
+    procs = []
+    for pid in llm._npr_test_pids:
+        try:
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=60)
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
