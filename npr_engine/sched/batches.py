@@ -14,14 +14,9 @@ def park(batch: ScheduleBatch, reqs: list) -> None:
         batch.filter_batch(reqs_to_exclude=list(reqs))
 
 
-def build_decode_batch(scheduler, reqs: list, pending: list[int]) -> ScheduleBatch:
-    """A decode-ready batch for requests whose KV exists up to kv_committed_len.
-
-    Each request's pending token (no KV yet) is relayed through the FutureMap, which is
-    where the next decode step reads its input ids from.
-    """
-    device = scheduler.device
-    batch = ScheduleBatch.init_new(
+def new_batch(scheduler, reqs: list) -> ScheduleBatch:
+    """An empty-state ScheduleBatch over `reqs`, wired to the scheduler's pools."""
+    return ScheduleBatch.init_new(
         reqs=reqs,
         req_to_token_pool=scheduler.req_to_token_pool,
         token_to_kv_pool_allocator=scheduler.token_to_kv_pool_allocator,
@@ -30,6 +25,16 @@ def build_decode_batch(scheduler, reqs: list, pending: list[int]) -> ScheduleBat
         enable_overlap=scheduler.enable_overlap,
         spec_algorithm=scheduler.spec_algorithm,
     )
+
+
+def build_decode_batch(scheduler, reqs: list, pending: list[int]) -> ScheduleBatch:
+    """A decode-ready batch for requests whose KV exists up to kv_committed_len.
+
+    Each request's pending token (no KV yet) is relayed through the FutureMap, which is
+    where the next decode step reads its input ids from.
+    """
+    device = scheduler.device
+    batch = new_batch(scheduler, reqs)
     rows = [r.kv.req_pool_idx for r in reqs]
     seq_lens = [r.kv.kv_committed_len for r in reqs]
     batch.req_pool_indices = torch.tensor(rows, dtype=torch.int64, device=device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from sglang.srt.managers.schedule_batch import ScheduleBatch
 
+from npr_engine.sched.batches import new_batch
 from npr_engine.sched.state import Phase, Seq
 
 
@@ -76,15 +77,7 @@ def build_extend_batch(scheduler, reqs: list) -> ScheduleBatch:
         assert req.extend_end > committed, "nothing to extend"
         # NOTE: not a cache hit: keeps usage.cached_tokens the prompt's own.
         req.already_computed = committed
-    batch = ScheduleBatch.init_new(
-        reqs=reqs,
-        req_to_token_pool=scheduler.req_to_token_pool,
-        token_to_kv_pool_allocator=scheduler.token_to_kv_pool_allocator,
-        tree_cache=scheduler.tree_cache,
-        model_config=scheduler.model_config,
-        enable_overlap=scheduler.enable_overlap,
-        spec_algorithm=scheduler.spec_algorithm,
-    )
+    batch = new_batch(scheduler, reqs)
     batch.prepare_for_extend()
     batch.decoding_reqs = None
     return batch
