@@ -23,7 +23,8 @@ from tests.support.engine import assert_idle, forced, params, start_engine, stop
 # after a retraction; with less, a retracted request waits and the batch may hold only
 # unit members, which then must go).
 KV_TOKENS = 1024
-MAX_RUNNING = 4
+# Room for one 2-path unit beside two plain requests (rows: 3 + 2), not for an 8-path fork.
+MAX_RUNNING = 6
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,9 @@ def small_engine(default_model_dir):
             model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
             disable_cuda_graph=True, dtype="float32", max_total_tokens=KV_TOKENS,
             max_running_requests=MAX_RUNNING, random_seed=0, log_level="error",
+            # NOTE: SGLang keeps the tokenizer-side server args process-global: a second
+            # engine without this flag would make the session engine refuse its processors.
+            enable_custom_logit_processor=True,
         )
     finally:
         if saved is None:
