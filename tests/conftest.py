@@ -39,7 +39,7 @@ def _import_kernels_for_this_machine() -> None:
 
 _import_kernels_for_this_machine()
 
-from tests.support.server import ServerProcess, free_port  # noqa: E402
+from tests.support.server import serving  # noqa: E402
 
 ENGINE_KV_TOKENS = 8192
 
@@ -53,16 +53,8 @@ def default_model_dir():
 
 @pytest.fixture(scope="session")
 def server(default_model_dir):
-    proc = ServerProcess(
-        ["--model", str(default_model_dir), "--port", str(free_port()), "--dtype", "float32",
-         "--max-total-tokens", str(ENGINE_KV_TOKENS), "--enable-custom-logit-processor"],
-    )
-    proc.start()
-    try:
-        proc.wait_ready()
+    with serving(default_model_dir, ENGINE_KV_TOKENS) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

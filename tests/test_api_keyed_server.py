@@ -19,7 +19,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from tests.conftest import ENGINE_KV_TOKENS
 from tests.support.openapi_bounds import bounded_generation_document
-from tests.support.server import ServerProcess, free_port, wait_kv_idle
+from tests.support.server import ServerProcess, serving, wait_kv_idle
 
 API_KEY = "npr-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -29,16 +29,8 @@ BUDGET_S = 300
 
 @pytest.fixture(scope="module")
 def keyed_server(default_model_dir):
-    proc = ServerProcess(
-        ["--model", str(default_model_dir), "--port", str(free_port()), "--dtype", "float32",
-         "--max-total-tokens", str(ENGINE_KV_TOKENS), "--enable-custom-logit-processor", "--api-key", API_KEY],
-    )
-    proc.start()
-    try:
-        proc.wait_ready()
+    with serving(default_model_dir, ENGINE_KV_TOKENS, "--api-key", API_KEY) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def kv_report(server: ServerProcess) -> dict:

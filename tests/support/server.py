@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -91,3 +93,18 @@ def wait_kv_idle(read_report, timeout: float = 30) -> dict:
 
 def engine_kv_report(engine) -> dict:
     return engine.get_server_info()["internal_states"][0]["npr_kv"]
+
+
+@contextmanager
+def serving(model_dir, kv_tokens: int, *extra: str) -> Iterator[ServerProcess]:
+    """server.py on a free port (float32, custom logit processors on), ready, then stopped."""
+    proc = ServerProcess(
+        ["--model", str(model_dir), "--port", str(free_port()), "--dtype", "float32",
+         "--max-total-tokens", str(kv_tokens), "--enable-custom-logit-processor", *extra],
+    )
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
