@@ -17,8 +17,6 @@ from .checks import check_index, check_out, check_positive, check_qkv
 from .split_kernels import INTERPRET, LOG2E, MAX_BLOCK_M, merge_kernel, partial_kernel
 from .tuning import MAX_SPLITS, TileConfig, per_seq_splits, tile_config, wave_slots
 
-MAX_GRID_Y = 65535  # CUDA grid dimension y
-
 __all__ = ["INTERPRET", "GroupArgs", "decode_paged", "launch_attention", "query_tile"]
 
 
@@ -71,12 +69,7 @@ def launch_attention(
     # o_part: [B, Hq, cols, D] fp32, lse_part: [B, Hq, cols] fp32 (base-2 lse)
     o_part = torch.empty(batch, num_q_heads, num_cols, head_dim, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(batch, num_q_heads, num_cols, dtype=torch.float32, device=q.device)
-    # NOTE: kv head fastest, so blocks dispatch in program order across all heads: the
-    # long group programs first, the row programs into the slots they leave (tuning.py).
-    grid = (num_kv_heads, num_groups * grp_splits + batch * row_splits)
-    if grid[1] > MAX_GRID_Y:
-        raise ValueError(f"{grid[1]} programs per kv head exceed CUDA's grid limit {MAX_GRID_Y}:"
-                         " use fewer splits")
+    grid = (num_groups * grp_splits + batch * row_splits, num_kv_heads)
     partial_kernel[grid](
         q, k_cache, v_cache, o_part, lse_part,
         groups.kv_indptr, groups.kv_indices, groups.row_indptr, groups.rows,

@@ -207,8 +207,8 @@ def shared_prefix_decode(
     block_w, heads_pad = query_tile(num_q_heads, num_kv_heads, meta.max_group_size)
     cfg = tile_config(block_w * heads_pad, head_dim, **knobs)
     prefix_splits, suffix_splits = shared_splits(
-        meta.num_groups, -(-(meta.max_prefix_len or 1) // cfg.block_n), batch,
-        -(-(meta.max_suffix_len or 1) // cfg.block_n), wave_slots(num_kv_heads, cfg, q.device))
+        meta.num_groups, meta.max_prefix_len or 1, batch, meta.max_suffix_len or 1,
+        wave_slots(num_kv_heads, cfg, q.device), cfg.block_n)
     groups = GroupArgs(meta.prefix_indptr, meta.prefix_indices, meta.group_indptr,
                        meta.group_rows, meta.row_in_group)
     return launch_attention(

@@ -1,6 +1,6 @@
 """Split-K decode attention over page-size-1 KV slot lists, GQA folded into the query tile.
 
-Stage 1 (`partial_kernel`): one program per kv head x (segment, split). A segment is
+Stage 1 (`partial_kernel`): one program per (segment, split) x kv head. A segment is
 a slot list plus the batch rows that attend to it; the program loads each K/V tile of
 its split once and runs it against every query row of the segment, all folded into the
 M dimension of one tl.dot:
@@ -85,8 +85,8 @@ def partial_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
     PREFETCH: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    kvh = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
     mm = tl.arange(0, BLOCK_W * HEADS_PAD)
     w = mm // HEADS_PAD  # member index within the segment
     h = mm % HEADS_PAD  # query head within this kv head

@@ -82,50 +82,26 @@ def per_seq_splits(batch: int, max_len: int | None, slots: int, block_n: int) ->
     return max(1, min(want, MAX_SPLITS))
 
 
-# A program's fixed cost (query load, partial store, its merge column) in tile units.
-PROGRAM_OVERHEAD_TILES = 1
-
-
-def list_makespan(slots: int, jobs: list[tuple[int, int]]) -> int:
-    """Finish time of (count, length) job classes dispatched in order, each job to the
-    slot that frees first (the hardware's block dispatch in grid order), on `slots`.
-
-    Slots are kept as cohorts {free time: count}, so this costs a few steps per wave.
-    """
-    free = {0: slots}
-    end = 0
-    for count, length in jobs:
-        while count > 0:
-            t = min(free)
-            idle = free.pop(t)
-            took = min(idle, count)
-            free[t + length] = free.get(t + length, 0) + took
-            if idle > took:
-                free[t] = idle - took
-            end = max(end, t + length)
-            count -= took
-    return end
-
-
-@functools.lru_cache(maxsize=1024)
-def shared_splits(num_groups: int, prefix_tiles: int, batch: int, suffix_tiles: int,
-                  slots: int) -> tuple[int, int]:
+@functools.lru_cache(maxsize=256)
+def shared_splits(num_groups: int, prefix_len: int, batch: int, suffix_len: int, slots: int,
+                  block_n: int) -> tuple[int, int]:
     """(prefix splits, suffix splits) for one launch holding both kinds of program.
 
-    Group programs come first in dispatch order and row programs fill the slots they
-    leave (decode_paged's grid puts the kv head fastest, so this holds across heads).
-    The search minimizes that list schedule's finish time in tiles, each program paying
-    PROGRAM_OVERHEAD_TILES; ties go to fewer programs. Run 3 (H200) used one wave of
-    equal split lengths instead: the short suffix programs then left their slots idle
-    for most of the step.
+    Both kinds get the same split length (a whole number of tiles), the shortest for
+    which G x P + B x S programs fit in one wave: the long prefix is cut finely, the
+    short suffixes stay whole, and no program waits on a longer sibling of its kind.
     """
-    def cost(p: int, s: int) -> tuple[int, int]:
-        t_p = -(-prefix_tiles // p) + PROGRAM_OVERHEAD_TILES
-        t_s = -(-suffix_tiles // s) + PROGRAM_OVERHEAD_TILES
-        return list_makespan(slots, [(num_groups * p, t_p), (batch * s, t_s)]), p + s
-
-    # Group programs within one wave (p = 1 always a candidate), suffixes cut in 1..8.
-    prefix = [p for p in range(1, min(max(1, prefix_tiles), MAX_SPLITS) + 1)
-              if p == 1 or num_groups * p <= slots]
-    suffix = [s for s in (1, 2, 4, 8) if s <= max(1, suffix_tiles)]
-    return min(((p, s) for p in prefix for s in suffix), key=lambda ps: cost(*ps))
+    most = max(1, math.ceil(max(prefix_len, suffix_len, 1) / block_n))
+    tiles = most
+    lo = 1
+    while lo <= most:  # smallest tile count per split whose programs fit in `slots`
+        mid = (lo + most) // 2
+        span = mid * block_n
+        if num_groups * math.ceil(prefix_len / span) + batch * math.ceil(suffix_len / span) <= slots:
+            tiles, most = mid, mid - 1
+        else:
+            lo = mid + 1
+    span = tiles * block_n
+    prefix = max(1, min(math.ceil(prefix_len / span), MAX_SPLITS))
+    suffix = max(1, min(math.ceil(suffix_len / span), MAX_SPLITS))
+    return prefix, suffix

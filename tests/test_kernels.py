@@ -331,34 +331,3 @@ def test_repeat_runs_identical() -> None:
     q = make_q(len(rows), 8, torch.bfloat16, gen)
     first = shared_prefix_decode(q, k, v, meta, 0.2, block_n=16)
     assert torch.equal(first, shared_prefix_decode(q, k, v, meta, 0.2, block_n=16))
-
-
-def _simulated_makespan(slots: int, jobs: list[tuple[int, int]]) -> int:
-    """List scheduling job by job: each job to the slot that frees first."""
-    import heapq
-
-    free = [0] * slots
-    end = 0
-    for count, length in jobs:
-        for _ in range(count):
-            t = heapq.heappop(free)
-            heapq.heappush(free, t + length)
-            end = max(end, t + length)
-    return end
-
-
-def test_split_planner_schedule() -> None:
-    """The planner's cohort schedule equals a job-by-job simulation, and its choice for
-    the benchmark's W=8 / 32k shape on 132 SMs beats one wave of equal split lengths."""
-    from npr_engine.kernels.tuning import list_makespan, shared_splits
-
-    rng = random.Random(7)
-    for _ in range(300):
-        slots = rng.randint(1, 40)
-        jobs = [(rng.randint(0, 90), rng.randint(1, 30)) for _ in range(rng.randint(1, 3))]
-        assert list_makespan(slots, jobs) == _simulated_makespan(slots, jobs), (slots, jobs)
-    slots = 2 * 132 // 8  # M=32 tiles at 2 programs per SM, 8 kv heads
-    p, s = shared_splits(1, 512, 8, 4, slots)  # 32k prefix, 256-token suffixes, 64-slot tiles
-    assert p <= slots and 8 * s + p > slots  # suffix programs run in the slots groups leave
-    one_wave = list_makespan(slots, [(25, 21 + 1), (8, 4 + 1)])  # run 3's plan: 25 + 8 = 33
-    assert list_makespan(slots, [(p, -(-512 // p) + 1), (8 * s, -(-4 // s) + 1)]) < one_wave
