@@ -77,3 +77,24 @@ def test_top_logprobs_above_the_vocabulary_are_400_not_a_crash(server, path, bod
     ok = httpx.post(server.base_url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, "logprobs": 3},
                     timeout=60)
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": ["", "hi"]}, "prompt"),
+    ("/v1/completions", {"prompt": [[5, 6], []]}, "prompt"),
+    ("/generate", {"text": "", "sampling_params": {"max_new_tokens": 2}}, "text"),
+    ("/generate", {"text": ["hi", ""], "sampling_params": {"max_new_tokens": 2}}, "text"),
+    ("/generate", {"input_ids": [], "sampling_params": {"max_new_tokens": 2}}, "input_ids"),
+    ("/generate", {"input_ids": [[5], []], "sampling_params": {"max_new_tokens": 2}}, "input_ids"),
+])
+def test_empty_prompts_are_400_not_a_crash(server, path, body, param):
+    # NOTE: SGLang 0.5.23 refuses only all-empty completion prompts; `["", "hi"]` or a
+    # /generate text "" reached the forward with zero tokens and killed the scheduler.
+    resp = httpx.post(server.base_url + path, json={"model": "default", "max_tokens": 2, **body}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == param and "is empty" in error["message"]
+    ok = httpx.post(server.base_url + "/v1/completions", json={"prompt": ["hi", "yo"], "max_tokens": 2},
+                    timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 2, ok.text
+    server.assert_kv_idle()

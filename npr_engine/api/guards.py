@@ -1,7 +1,9 @@
 """Requests that would take SGLang 0.5.23's scheduler down are refused with a 400.
 
-Both were found by the schemathesis run (issue 5); each kills the scheduler process,
+All were found by the schemathesis run (issue 5); each kills the scheduler process,
 and with it the whole server, from a single request:
+- an empty prompt inside a batch (`"prompt": ["", "hi"]`, `"text": ""`): SGLang refuses
+  only all-empty completions prompts, and a zero-token sequence fails in the forward;
 - token-id prompts with an id outside [0, vocab_size): SGLang checks `token_ids_logprob`
   but not the prompt, and the embedding lookup raises IndexError;
 - a `custom_logit_processor` that does not deserialize (with
@@ -24,6 +26,10 @@ TOKEN_ID_FIELDS = {
     "/generate": ("input_ids",),
 }
 PROCESSOR_FIELD = "custom_logit_processor"
+PROMPT_FIELDS = {
+    "/v1/completions": ("prompt",),
+    "/generate": ("text", "input_ids"),
+}
 TOP_LOGPROB_FIELDS = {
     "/v1/completions": "logprobs",
     "/v1/chat/completions": "top_logprobs",
@@ -42,6 +48,8 @@ def check_request(path: str, body: dict) -> None:
     manager = _tokenizer_manager()
     if manager is None:
         return  # not serving yet
+    for field in PROMPT_FIELDS.get(path, ()):
+        _check_not_empty(field, body.get(field))
     vocab_size = getattr(getattr(manager, "model_config", None), "vocab_size", None)
     if vocab_size:
         for field in TOKEN_ID_FIELDS.get(path, ()):
@@ -49,6 +57,14 @@ def check_request(path: str, body: dict) -> None:
         _check_top_logprobs(TOP_LOGPROB_FIELDS.get(path), body, vocab_size)
     if getattr(getattr(manager, "server_args", None), "enable_custom_logit_processor", False):
         _check_processors(body.get(PROCESSOR_FIELD))
+
+
+def _check_not_empty(field: str, value: Any) -> None:
+    items = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
+    for i, item in enumerate(items):
+        if item == "" or item == []:
+            name = field if items is not value else f"{field}[{i}]"
+            raise RequestError(f"{name} is empty: every prompt needs at least one token", field)
 
 
 def _check_token_ids(field: str, value: Any, vocab_size: int) -> None:
