@@ -5,6 +5,16 @@ tags each decode ForwardBatch with its rows' sibling info (`npr_rows`, from `req
 None when no row is a branch). The positions hook wraps the same target; the two set
 different fields, so their order does not matter.
 
+Hook: `sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch` (AFTER)
+carries `npr_rows` into the ForwardBatch the eager runner actually runs: load_batch
+returns a copy (`dataclasses.replace` over its static buffers) that keeps declared
+fields only, so without this the backend never saw a sibling row.
+
+Hook: `sglang.srt.managers.scheduler.Scheduler.get_internal_state` (AFTER) adds
+`npr_attn_routed` (what this process sent to the shared-prefix kernel, `RoutedCounts`)
+to the internal state served by `/server_info` and `Engine.get_server_info()`, so an
+end-to-end check (benchmarks/gpu_e2e.py) can prove the kernel ran.
+
 Registration (at import, i.e. at plugin load, before SGLang parses its CLI): the name
 goes into `sglang.srt.arg_groups.choices.ATTENTION_BACKEND_CHOICES` and
 `sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS`. Nothing from the
@@ -20,12 +30,27 @@ Opt-in until an end-to-end GPU run gives the same tokens as `--attention-backend
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict, dataclass
 
 from npr_engine.attn_routing import rows_from_reqs
 from npr_engine.hooks import Hook, Kind
 
 BACKEND_NAME = "npr_triton"
 _INIT_NEW = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
+_LOAD_BATCH = "sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch"
+_INTERNAL_STATE = "sglang.srt.managers.scheduler.Scheduler.get_internal_state"
+
+
+@dataclass
+class RoutedCounts:
+    """Decode work this process's `npr_triton` backend sent to shared_prefix_decode."""
+
+    steps: int = 0  # eager decode steps planned onto the shared-prefix kernel
+    layer_calls: int = 0  # attention calls the kernel computed (steps x plain layers)
+    max_group_size: int = 0  # most sibling rows one group held
+
+
+ROUTED = RoutedCounts()
 
 
 def tag_sibling_rows(forward_batch, cls, batch, *args, **kwargs):
@@ -36,6 +61,18 @@ def tag_sibling_rows(forward_batch, cls, batch, *args, **kwargs):
         rows = found if any(r.key is not None for r in found) else None
     forward_batch.npr_rows = rows
     return forward_batch
+
+
+def carry_sibling_rows(loaded, runner, forward_batch, *args, **kwargs):
+    """AFTER EagerRunner.load_batch: the eager copy keeps the batch's `npr_rows`."""
+    loaded.npr_rows = getattr(forward_batch, "npr_rows", None)
+    return loaded
+
+
+def add_routed_counts(result, scheduler, *args, **kwargs):
+    """AFTER Scheduler.get_internal_state: `npr_attn_routed` (zeros under other backends)."""
+    result.internal_state["npr_attn_routed"] = asdict(ROUTED)
+    return result
 
 
 def register_backend() -> None:
@@ -65,6 +102,7 @@ def create_backend(runner):
 @functools.cache
 def backend_class() -> type:
     """The backend class, built on first use (imports SGLang's Triton backend)."""
+    import torch
     from npr_engine.kernels import shared_prefix_decode
     from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
@@ -90,9 +128,13 @@ def backend_class() -> type:
             indptr = [0]
             for n in lens:
                 indptr.append(indptr[-1] + int(n))
-            meta = plan_decode(indptr, self.forward_metadata.kv_indices[: indptr[-1]], rows)
+            # NOTE: SGLang 0.5.23 fills decode kv_indices as int64; the kernel takes int32 slots.
+            slots = self.forward_metadata.kv_indices[: indptr[-1]].to(torch.int32)
+            meta = plan_decode(indptr, slots, rows)
             if meta is not None:
                 self._npr_plan = (forward_batch, meta)
+                ROUTED.steps += 1
+                ROUTED.max_group_size = max(ROUTED.max_group_size, int(meta.max_group_size))
 
         def init_forward_metadata_out_graph(self, *args, **kwargs):
             self._npr_plan = None  # graph steps keep the Triton kernels they captured
@@ -105,6 +147,7 @@ def backend_class() -> type:
             if save_kv_cache:
                 loc = KVWriteLoc.for_batch(forward_batch, swa_loc=self.forward_metadata.swa_out_cache_loc)
                 self._set_kv_buffer(forward_batch, layer, loc, k, v, layer.k_scale, layer.v_scale)
+            ROUTED.layer_calls += 1
             # q, out: [B, Hq, D]; caches: [num_slots, Hkv, D]
             q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
             pool = self.token_to_kv_pool
@@ -129,4 +172,8 @@ def _plain_layer(layer, kwargs: dict) -> bool:
 
 register_backend()
 
-HOOKS = [Hook(_INIT_NEW, Kind.AFTER, tag_sibling_rows)]
+HOOKS = [
+    Hook(_INIT_NEW, Kind.AFTER, tag_sibling_rows),
+    Hook(_LOAD_BATCH, Kind.AFTER, carry_sibling_rows),
+    Hook(_INTERNAL_STATE, Kind.AFTER, add_routed_counts),
+]
