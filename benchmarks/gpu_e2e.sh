@@ -8,7 +8,7 @@
 # Installs SGLang and this package into /tmp/site, then runs the check. Everything is
 # logged to OUTDIR/gpu_e2e.log; results go to OUTDIR/gpu_e2e.json; the table is printed last.
 # Usage: benchmarks/gpu_e2e.sh OUTDIR [gpu_e2e.py options, e.g. --dtypes float32]
-#        (about 3 minutes: installs, then the check, cut at 185 s)
+#        (about 3 minutes: installs, then the check, cut at E2E_TIMEOUT_S, default 185 s)
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_e2e.sh OUTDIR [gpu_e2e.py options]}
 shift
@@ -65,7 +65,7 @@ export PYTHONPATH="$site:$PYTHONPATH"
 unset TRITON_INTERPRET
 
 step "check"
-(cd /tmp && timeout -k 10 185 python3 "$repo/benchmarks/gpu_e2e.py" "$out" --tokenizer "$repo/.gpu/tokenizer" "$@") 2>&1 |
+(cd /tmp && timeout -k 10 "${E2E_TIMEOUT_S:-185}" python3 "$repo/benchmarks/gpu_e2e.py" "$out" --tokenizer "$repo/.gpu/tokenizer" "$@") 2>&1 |
   tee -a "$log"
 rc=${PIPESTATUS[0]}
 step "done: exit $rc (0 compared, 1 a run crashed or timed out, 2 no valid comparison, 124 timeout)"
