@@ -24,7 +24,8 @@ The backend is SGLang's TritonAttnBackend except eager decode steps whose batch 
 sibling group (npr_engine.attn_routing): those read each shared prefix once through
 npr_engine.kernels.shared_prefix_decode. CUDA-graph decode, speculative decoding,
 sliding windows, logit caps, sinks and scaled (fp8) KV all stay on the Triton path.
-Opt-in until an end-to-end GPU run gives the same tokens as `--attention-backend triton`.
+Opt-in: the first end-to-end GPU run (H100, benchmarks/gpu_e2e.sh) gave triton's tokens
+in float32 but not in bfloat16 (benchmarks/KERNELS_NOTES.md).
 """
 
 from __future__ import annotations
