@@ -115,6 +115,18 @@ def make_requests(vocab: int, shape: Shape) -> list[dict]:
     return requests
 
 
+def parse_backend(spec: str) -> tuple[str, dict]:
+    """`NAME` or `NAME:splits=N` (SGLang's triton_attention_num_kv_splits): two runs of
+    `triton` with other split counts measure the bf16 noise floor of the comparison."""
+    name, _, option = spec.partition(":")
+    if not option:
+        return name, {}
+    key, _, value = option.partition("=")
+    if key != "splits" or not value.isdigit():
+        raise ValueError(f"backend option {option!r}: only splits=N is known")
+    return name, {"triton_attention_num_kv_splits": int(value)}
+
+
 def worker(config_path: Path) -> None:
     """One engine: start, generate every request at once, read the routed counts, stop."""
     cfg = json.loads(config_path.read_text())
@@ -125,10 +137,11 @@ def worker(config_path: Path) -> None:
     requests = json.loads(Path(cfg["requests"]).read_text())
     extra = {"device": "cpu"} if cfg["device"] == "cpu" else {"mem_fraction_static": 0.3}
     t0 = time.perf_counter()
+    backend, backend_args = parse_backend(cfg["backend"])
     llm = sglang.Engine(
-        model_path=cfg["model"], dtype=cfg["dtype"], attention_backend=cfg["backend"],
+        model_path=cfg["model"], dtype=cfg["dtype"], attention_backend=backend,
         sampling_backend="pytorch", disable_cuda_graph=True, max_total_tokens=cfg["kv_tokens"],
-        max_running_requests=128, random_seed=0, log_level="error", **extra,
+        max_running_requests=128, random_seed=0, log_level="error", **extra, **backend_args,
     )
     t1 = time.perf_counter()
     outs = llm.generate(input_ids=[r["input_ids"] for r in requests],
@@ -282,7 +295,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("outdir", nargs="?", type=Path)
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--backends", nargs=2, default=["triton", "npr_triton"], help="reference, then checked")
+    p.add_argument("--backends", nargs=2, default=["triton", "npr_triton"],
+                   help="reference, then checked: NAME or NAME:splits=N (triton triton:splits=16: noise floor)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(TIE_EPS))
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     p.add_argument("--small", action="store_true", help="a tiny model and short requests (CPU runs)")
