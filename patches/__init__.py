@@ -31,6 +31,7 @@ HOOK_MODULES = (
     "stop_strings",
     "reasoning",
     "invariants",
+    "input_guards",
 )
 
 

@@ -1,5 +1,6 @@
 """Requests that used to crash or misuse the server are refused with OpenAI-shaped 400s
-(found while fuzzing the API, issue 5)."""
+(found while fuzzing the API, issue 5); the offline Engine raises RequestError for the
+same inputs."""
 
 from __future__ import annotations
 
@@ -98,3 +99,21 @@ def test_empty_prompts_are_400_not_a_crash(server, path, body, param):
                     timeout=60)
     assert ok.status_code == 200 and len(ok.json()["choices"]) == 2, ok.text
     server.assert_kv_idle()
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [
+    ({"prompt": ["hi", ""]}, "text"),
+    ({"input_ids": []}, "input_ids"),
+    ({"input_ids": [5, VOCAB]}, "input_ids"),
+    ({"prompt": "hi", "return_logprob": True, "top_logprobs_num": VOCAB + 1}, "top_logprobs_num"),
+    ({"prompt": "hi", "custom_logit_processor": "not json"}, "custom_logit_processor"),
+])
+def test_offline_engine_raises_request_error_and_keeps_serving(engine, kwargs, param):
+    from npr_engine.api.errors import RequestError
+    from tests.support.engine import assert_idle
+
+    with pytest.raises(RequestError) as refused:
+        engine.generate(sampling_params={"max_new_tokens": 2}, **kwargs)
+    assert refused.value.param == param
+    assert engine.generate("hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+    assert_idle(engine)

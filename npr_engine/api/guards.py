@@ -45,18 +45,37 @@ def _tokenizer_manager():
 
 def check_request(path: str, body: dict) -> None:
     """Raise RequestError (naming the field) for a request that would crash the scheduler."""
-    manager = _tokenizer_manager()
+    top = TOP_LOGPROB_FIELDS.get(path)
+    _check_all(_tokenizer_manager(),
+               prompts={f: body.get(f) for f in PROMPT_FIELDS.get(path, ())},
+               token_ids={f: body.get(f) for f in TOKEN_ID_FIELDS.get(path, ())},
+               top_logprobs={top: body.get(top)} if top else {},
+               processors=body.get(PROCESSOR_FIELD))
+
+
+def check_generate_input(manager, obj) -> None:
+    """The same refusals for a GenerateReqInput at the tokenizer manager, so callers of
+    the offline `sglang.Engine` (which skip the HTTP middleware) get a RequestError, a
+    ValueError, instead of a dead scheduler."""
+    fields = {f: getattr(obj, f, None) for f in ("text", "input_ids")}
+    _check_all(manager, prompts=fields, token_ids={"input_ids": fields["input_ids"]},
+               top_logprobs={"top_logprobs_num": getattr(obj, "top_logprobs_num", None)},
+               processors=getattr(obj, PROCESSOR_FIELD, None))
+
+
+def _check_all(manager, prompts: dict, token_ids: dict, top_logprobs: dict, processors: Any) -> None:
     if manager is None:
         return  # not serving yet
-    for field in PROMPT_FIELDS.get(path, ()):
-        _check_not_empty(field, body.get(field))
+    for field, value in prompts.items():
+        _check_not_empty(field, value)
     vocab_size = getattr(getattr(manager, "model_config", None), "vocab_size", None)
     if vocab_size:
-        for field in TOKEN_ID_FIELDS.get(path, ()):
-            _check_token_ids(field, body.get(field), vocab_size)
-        _check_top_logprobs(TOP_LOGPROB_FIELDS.get(path), body, vocab_size)
+        for field, value in token_ids.items():
+            _check_token_ids(field, value, vocab_size)
+        for field, value in top_logprobs.items():
+            _check_top_logprobs(field, value, vocab_size)
     if getattr(getattr(manager, "server_args", None), "enable_custom_logit_processor", False):
-        _check_processors(body.get(PROCESSOR_FIELD))
+        _check_processors(processors)
 
 
 def _check_not_empty(field: str, value: Any) -> None:
@@ -73,8 +92,7 @@ def _check_token_ids(field: str, value: Any, vocab_size: int) -> None:
         raise RequestError(f"{field} contains token id {bad} outside the vocabulary [0, {vocab_size})", field)
 
 
-def _check_top_logprobs(field: str | None, body: dict, vocab_size: int) -> None:
-    value = body.get(field) if field else None
+def _check_top_logprobs(field: str, value: Any, vocab_size: int) -> None:
     counts = value if isinstance(value, list) else [value]  # /generate takes one per prompt
     for k in counts:
         if isinstance(k, int) and not isinstance(k, bool) and k > vocab_size:
