@@ -10,10 +10,9 @@ carries `npr_rows` into the ForwardBatch the eager runner actually runs: load_ba
 returns a copy (`dataclasses.replace` over its static buffers) that keeps declared
 fields only, so without this the backend never saw a sibling row.
 
-Hook: `sglang.srt.managers.scheduler.Scheduler.get_internal_state` (AFTER) adds
-`npr_attn_routed` (what this process sent to the shared-prefix kernel, `RoutedCounts`)
-to the internal state served by `/server_info` and `Engine.get_server_info()`, so an
-end-to-end check (benchmarks/gpu_e2e.py) can prove the kernel ran.
+`ROUTED` counts what this process sent to the shared-prefix kernel; patches/internal_state.py
+serves it as `npr_attn_routed`, so an end-to-end check (benchmarks/gpu_e2e.py) can prove
+the kernel ran.
 
 Registration (at import, i.e. at plugin load, before SGLang parses its CLI): the name
 goes into `sglang.srt.arg_groups.choices.ATTENTION_BACKEND_CHOICES` and
@@ -31,7 +30,7 @@ in float32 but not in bfloat16 (benchmarks/KERNELS_NOTES.md).
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from npr_engine.attn_routing import rows_from_reqs
 from npr_engine.hooks import Hook, Kind
@@ -39,7 +38,6 @@ from npr_engine.hooks import Hook, Kind
 BACKEND_NAME = "npr_triton"
 _INIT_NEW = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
 _LOAD_BATCH = "sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch"
-_INTERNAL_STATE = "sglang.srt.managers.scheduler.Scheduler.get_internal_state"
 
 
 @dataclass
@@ -68,12 +66,6 @@ def carry_sibling_rows(loaded, runner, forward_batch, *args, **kwargs):
     """AFTER EagerRunner.load_batch: the eager copy keeps the batch's `npr_rows`."""
     loaded.npr_rows = getattr(forward_batch, "npr_rows", None)
     return loaded
-
-
-def add_routed_counts(result, scheduler, *args, **kwargs):
-    """AFTER Scheduler.get_internal_state: `npr_attn_routed` (zeros under other backends)."""
-    result.internal_state["npr_attn_routed"] = asdict(ROUTED)
-    return result
 
 
 def register_backend() -> None:
@@ -176,5 +168,4 @@ register_backend()
 HOOKS = [
     Hook(_INIT_NEW, Kind.AFTER, tag_sibling_rows),
     Hook(_LOAD_BATCH, Kind.AFTER, carry_sibling_rows),
-    Hook(_INTERNAL_STATE, Kind.AFTER, add_routed_counts),
 ]
