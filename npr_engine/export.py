@@ -11,9 +11,14 @@ computes the logits the engine computed (DESIGN.md section 3, "Training consiste
 
 - prompt and text outside blocks: causal, positions 0, 1, 2, ...
 - path k of a block: sees the prompt, the prefix up to and including t, and its own
-  tokens (never a sibling); positions restart at pos(t) + 1 for every path (`shared`).
+  tokens (never a sibling); positions restart at pos(fork point) + 1 for every path
+  (`shared`, the training rule of DESIGN.md section 2), where t is the fork point's
+  last token or, for schemas with a ``fork_separator``, the separator's: those tokens
+  share positions with each path's first tokens.
 - after the join: sees everything before it; positions continue from the longest
-  path (its last position + 1). Nested blocks compose: a path is itself a sequence.
+  path up to its close tag (pos(close) + 1; a ``branch_tail`` after the close keeps
+  its own positions but does not count). Nested blocks compose: a path is itself a
+  sequence.
 
 Pure Python (lists of ints); `bool_mask` / `additive_mask` build torch tensors.
 """
@@ -97,7 +102,9 @@ def _lay_out(lay: _Layout, start: int, length: int, pos: int, ctx: Ranges, block
         fork = start + block["fork_offset"]  # first index after the fork token t
         if not cursor < fork <= end:
             raise ValueError(f"block {block['id']} forks outside its sequence")
-        pos = _plain(lay, start, cursor, fork, pos, ctx)
+        # Paths restart where the fork separator (if any) started: the separator's
+        # tokens share positions with each path's first tokens, as in training.
+        pos = _plain(lay, start, cursor, fork, pos, ctx) - block.get("separator", 0)
         branch_ctx = _merge(ctx + ((start, fork),))
         next_pos, b_start = pos, fork
         for path in block["paths"]:
@@ -105,7 +112,9 @@ def _lay_out(lay: _Layout, start: int, length: int, pos: int, ctx: Ranges, block
             path_end = _lay_out(lay, b_start, path["tokens"], pos, branch_ctx, nested, path.get("injected", []))
             if path["tokens"]:
                 lay.logit_index[b_start] = fork - 1  # scored by t's row, not the sibling before it
-            next_pos, b_start = max(next_pos, path_end), b_start + path["tokens"]
+            # The join continues after the longest path up to its close tag (its tail
+            # keeps its own positions but does not count).
+            next_pos, b_start = max(next_pos, path_end - path.get("tail", 0)), b_start + path["tokens"]
         cursor, pos = b_start, next_pos
     if cursor > end:
         raise ValueError("trace describes more tokens than the output has")

@@ -24,6 +24,7 @@ HOOK_MODULES = (
     "tokenizer_meta",
     "openai_response",
     "detok_closing",
+    "detok_tags",
     "sampling_params",
     "attention_backend",
     "abort",

@@ -10,14 +10,18 @@ responses pick it up from npr_engine/api/stream.py by request id.
 Live branch text (customized info `npr_branch_deltas`) is recorded there by request id
 too, not in meta_info: a streaming waiter that falls behind keeps only the latest output's
 meta_info. A chat output with no flattened text makes SGLang emit no chunk, so the second
-hook emits an empty-delta chunk to carry the request's pending deltas.
+hook emits an empty-delta chunk to carry the request's pending deltas. At a choice's last
+output it also puts our reasoning-token count (npr_engine/api/usage.py) into the stream's
+per-choice counts, which SGLang's usage chunk sums.
 """
 
 from __future__ import annotations
 
 from sglang.srt.entrypoints.openai.sse_utils import build_sse_content
+from sglang.srt.runtime_context import get_serving
 
 from npr_engine.api.stream import has_deltas, record_deltas, record_trace
+from npr_engine.api.usage import reply_reasoning_tokens
 from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
 from npr_engine.sched.deltas import DELTAS_KEY
@@ -41,6 +45,7 @@ def trace_as_object(original, manager, meta_info, state, customized_info, index,
 async def chunk_for_deltas(original, serving, *args, **kwargs):
     """The stock chunks of one output; an empty-delta chunk if there were none and the
     choice has branch deltas pending (the SSE rewriter attaches them)."""
+    _count_reasoning(serving, kwargs)
     emitted = False
     async for chunk in original(serving, *args, **kwargs):
         emitted = True
@@ -50,6 +55,19 @@ async def chunk_for_deltas(original, serving, *args, **kwargs):
     if not emitted and has_deltas(rid, index):
         yield build_sse_content(chunk_id=rid, created=kwargs["created"], model=kwargs["request"].model,
                                 index=index, content="")
+
+
+def _count_reasoning(serving, kwargs: dict) -> None:
+    """`reasoning_tokens` is the stream's {choice index: count}, refreshed from meta_info
+    before each output and summed into the usage chunk: set ours at the last output.
+
+    NOTE: needs the whole reply's ids, which a finished output carries unless the server
+    runs with `--incremental-streaming-output` (then SGLang's count stays)."""
+    if kwargs.get("finish_reason_type") is None or get_serving().incremental_streaming_output:
+        return
+    count = reply_reasoning_tokens(serving, kwargs["request"], kwargs["content"].get("output_ids") or [])
+    if count is not None:
+        kwargs["reasoning_tokens"][kwargs["index"]] = count
 
 
 HOOKS = [

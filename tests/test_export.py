@@ -63,23 +63,6 @@ def test_trace_longer_than_output_is_rejected():
 # -- the engine against a dense forward --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_dir):
-    from tests.support.engine import start_engine, stop_engine
-    from tests.support.tiny_models import tiny_qwen3
-
-    model_dir = tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-export"), default_model_dir, seed=3)
-    llm = start_engine(
-        model_path=str(model_dir), device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
-        dtype="float32", max_total_tokens=2048, enable_custom_logit_processor=True, random_seed=0,
-        log_level="error",
-    )
-    try:
-        yield model_dir, llm
-    finally:
-        stop_engine(llm)
-
-
 def nested_script(enc, eos: int) -> tuple[dict, list]:
     """Per-chain scripts for SparseScript, and the flattened script (forced ids, None
     for the model's choice, INJ for the engine's)."""

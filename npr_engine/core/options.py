@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -10,6 +11,10 @@ from npr_engine.grammar.schemas import TagSchema, UnknownSchemaError, get_schema
 
 POSITION_POLICIES = ("shared",)  # "sequential" needs re-rotated keys: not offered yet
 OPTIONS_KEY = "npr"
+# NOTE: SGLang 0.5.23 decodes custom_params in the scheduler (msgpack IPC) as JSON scalars,
+# lists or flat objects only: `npr.branch_sampling`, an object in an object, would fail
+# there, so from the tokenizer on it travels as this top-level key (wire_custom_params).
+WIRE_SAMPLING_KEY = "npr_branch_sampling"
 
 
 class InvalidNprOptions(ValueError):
@@ -24,6 +29,84 @@ def _default_schema() -> str:
     return os.environ.get("NPR_TAG_SCHEMA", "parallel")
 
 
+# The ranges of SGLang 0.5.23's SamplingParams.verify, in the request's own terms.
+_SAMPLING_CHECKS = {
+    "temperature": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": (lambda v: v == -1 or v >= 1, "-1 (whole vocabulary) or >= 1"),
+    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "repetition_penalty": (lambda v: 0 < v <= 2, "in (0, 2] (1 = none)"),
+    "frequency_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+    "presence_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
+}
+
+
+@dataclass(frozen=True)
+class BranchSampling:
+    """`parallel.branch_sampling`: sampling overrides for branch sequences only.
+
+    Unset keys keep the request's values. Each branch samples with its own copy of the
+    request's SamplingParams (ForkJoin._make_branch), so the parent, and the text after
+    the join, keep the request's values."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, (ok, expected) in _SAMPLING_CHECKS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            field = f"branch_sampling.{name}"
+            if name == "top_k":
+                _check_type(field, value, int)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidNprOptions(field, f"must be a number, got {type(value).__name__}")
+            if not ok(value):
+                raise InvalidNprOptions(field, f"must be {expected}, got {value}")
+            if name != "top_k":
+                object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> BranchSampling:
+        if not isinstance(raw, dict):
+            raise InvalidNprOptions("branch_sampling", f"must be an object, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(_SAMPLING_CHECKS))
+        if unknown:
+            raise InvalidNprOptions(f"branch_sampling.{unknown[0]}",
+                                    f"unknown option (known: {', '.join(sorted(_SAMPLING_CHECKS))})")
+        return cls(**raw)
+
+    def apply(self, params) -> None:
+        """Set the overrides on a branch's SamplingParams, normalized the way SGLang's
+        SamplingParams.__post_init__ normalizes a request's (temperature 0 is greedy,
+        i.e. top_k 1; top_k -1 is the whole vocabulary)."""
+        # NOTE: imported here: options are parsed in processes that never load SGLang's
+        # sampling code (it pulls in torch); branches are made only in the scheduler.
+        from sglang.srt.sampling.sampling_params import _SAMPLING_EPS, TOP_K_ALL
+
+        for name in ("top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            if getattr(self, name) is not None:
+                setattr(params, name, getattr(self, name))
+        if self.top_k is not None:
+            params.top_k = TOP_K_ALL if self.top_k == -1 else min(self.top_k, TOP_K_ALL)
+        if self.temperature is None:
+            return
+        if self.temperature < _SAMPLING_EPS:
+            params.temperature, params.top_k = 1.0, 1
+            return
+        params.temperature = self.temperature
+        if self.top_k is None and params.top_k == 1:
+            # A greedy request (temperature 0) reaches us as top_k 1: sampling branches
+            # must lift it, or a branch temperature would change nothing.
+            params.top_k = TOP_K_ALL
+
+
 @dataclass(frozen=True)
 class NprOptions:
     schema: str = ""
@@ -31,9 +114,10 @@ class NprOptions:
     force: bool = False
     paths: int = 2
     max_paths: int = 8
-    max_depth: int = 2
+    max_depth: int | None = None  # None: the schema's own (`npr` 1: not trained), else 2
     max_path_tokens: int | None = None
     positions: str = "shared"
+    branch_sampling: BranchSampling | None = None
 
     def __post_init__(self) -> None:
         if not self.schema:
@@ -41,6 +125,8 @@ class NprOptions:
         _check_type("schema", self.schema, str)
         for name in ("enabled", "force"):
             _check_type(name, getattr(self, name), bool)
+        if self.max_depth is None:
+            object.__setattr__(self, "max_depth", _schema_max_depth(self.schema))
         for name in ("paths", "max_paths", "max_depth"):
             _check_type(name, getattr(self, name), int)
         if self.max_paths < 1:
@@ -61,6 +147,8 @@ class NprOptions:
             get_schema(self.schema)
         except (UnknownSchemaError, ValueError, OSError) as exc:
             raise InvalidNprOptions("schema", str(exc)) from exc
+        if self.branch_sampling is not None and not isinstance(self.branch_sampling, BranchSampling):
+            object.__setattr__(self, "branch_sampling", BranchSampling.from_dict(self.branch_sampling))
 
     @property
     def tag_schema(self) -> TagSchema:
@@ -80,11 +168,35 @@ class NprOptions:
 
     @classmethod
     def from_custom_params(cls, custom_params: Any) -> NprOptions:
-        raw = custom_params.get(OPTIONS_KEY) if isinstance(custom_params, dict) else None
+        """Options from custom_params as the request gave them, or in their wire form."""
+        if not isinstance(custom_params, dict):
+            return cls()
+        raw, moved = custom_params.get(OPTIONS_KEY), custom_params.get(WIRE_SAMPLING_KEY)
+        if isinstance(raw, dict) and moved is not None:
+            raw = {**raw, "branch_sampling": moved}
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def wire_custom_params(custom_params: Any) -> Any:
+    """custom_params as SGLang's IPC can carry them (see WIRE_SAMPLING_KEY); a new dict,
+    as a caller may reuse its own for other requests."""
+    raw = custom_params.get(OPTIONS_KEY) if isinstance(custom_params, dict) else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("branch_sampling"), dict):
+        return custom_params
+    npr = dict(raw)
+    sampling = npr.pop("branch_sampling")
+    return {**custom_params, OPTIONS_KEY: npr, WIRE_SAMPLING_KEY: sampling}
+
+
+def _schema_max_depth(name: str) -> int:
+    try:
+        depth = get_schema(name).max_depth
+    except (UnknownSchemaError, ValueError, OSError):
+        depth = None  # reported below, as the schema field's own error
+    return 2 if depth is None else depth
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:

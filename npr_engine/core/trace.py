@@ -15,6 +15,7 @@ class PathTrace:
     index: int  # 1-based
     tokens: int = 0  # header + generated + close tag (+ nested blocks' tokens)
     finish: str | None = None
+    tail: int = 0  # tokens written after the close tag (schema `branch_tail`)
     children: list[BlockTrace] = field(default_factory=list)  # blocks nested in this path
     # Offsets (in this path's own tokens, nested blocks included) of tokens the engine wrote.
     injected: list[int] = field(default_factory=list)
@@ -24,7 +25,8 @@ class PathTrace:
         return self.tokens - sum(child.savings for child in self.children)
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "tokens": self.tokens, "finish": self.finish, "injected": self.injected}
+        return {"index": self.index, "tokens": self.tokens, "finish": self.finish, "injected": self.injected,
+                "tail": self.tail}
 
 
 @dataclass
@@ -36,6 +38,9 @@ class BlockTrace:
     fork_offset: int  # completion tokens before the fork
     width: int
     fallback: str | None = None
+    # Tokens the engine wrote right after the fork point, before the fork (schema
+    # `fork_separator`); they end the shared prefix and share the paths' first positions.
+    separator: int = 0
     paths: list[PathTrace] = field(default_factory=list)
     join_tokens: int = 0
     # Parallel-rate counters: branch tokens decoded, and those decoded beside a sibling.
@@ -58,6 +63,7 @@ class BlockTrace:
             "fork_offset": self.fork_offset,
             "width": self.width,
             "fallback": self.fallback,
+            "separator": self.separator,
             "paths": [p.to_dict() for p in self.paths],
             "join_tokens": self.join_tokens,
         }

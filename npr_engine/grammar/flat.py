@@ -60,7 +60,8 @@ class _Segmenter:
         self.text, self.schema = text, schema
         self._outer = _alternation(schema.block_open)
         self._in_branch = _alternation(schema.block_open, schema.branch_close)
-        header = re.escape(schema.header_prefix) + r"(\d+)" + re.escape(schema.header_suffix)
+        # Ids as the engine writes them: the index, or a plan's (dotted) id.
+        header = re.escape(schema.header_prefix) + r"(\d+(?:\.\d+)*)" + re.escape(schema.header_suffix)
         self._piece = re.compile(f"(?P<join>{re.escape(schema.join_header)})|{header}")
 
     def seg(self, kind: str, start: int, end: int, depth: int, path: int | None = None,
@@ -105,7 +106,8 @@ class _Segmenter:
                 segs[-1] = self.extend(segs[-1], found.start())
             if found.group("join") is not None:
                 return self._join(segs, found.start(), depth)
-            segs.append(self.branch(found.start(), int(found.group(2)), depth))
+            index = sum(seg.kind == "branch" for seg in segs) + 1
+            segs.append(self.branch(found.start(), index, depth))
             pos = segs[-1].end
         segs[-1] = self.extend(segs[-1], len(self.text))
         return segs, len(self.text)

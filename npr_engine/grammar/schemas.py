@@ -12,6 +12,7 @@ model was trained on, so it is stored verbatim and only ``{i}`` is substituted.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from typing import Any
 DEFAULT_SCHEMA = "parallel"
 
 _INDEX = "{i}"
+_PLANS = "{plans}"
+# A plan item's id (`1`, `1.2`) as NPR's and Multiverse's data write it: `1.2: text`.
+PLAN_ID = r"\s*([0-9]+(?:\.[0-9]+)*)\s*:"
 # Fields whose value is a tag the parser matches (None allowed for the optional ones).
 _REQUIRED_TAGS = ("block_open", "fork_after", "branch_close", "join_header", "join_close")
 _OPTIONAL_TAGS = ("plan_open", "plan_close", "block_close")
@@ -42,6 +46,21 @@ class TagSchema:
     means whole blocks, join text included, are reasoning (``npr``, ``multiverse``).
     NOTE: it is a field rather than derived from the tags because ``parallel`` and
     ``multiverse`` have the same tag shape but split differently.
+
+    Text the engine writes itself, verbatim as the family was trained (DESIGN.md
+    section 2)::
+
+      ... fork_after + fork_separator | header(id) text branch_close branch_tail | ... | join_header
+
+    ``fork_separator`` is written after the fork point and shared by every path (its
+    tokens share positions with the first path's header: training resets each path to
+    pos(fork_after) + 1); ``branch_tail`` ends each path after its close tag (it is not
+    counted in the path's length for the join position). ``{i}`` in ``branch_header``
+    is the plan item's id (``plan_id``, group 1) or else the 1-based path index.
+    ``forced_open`` / ``forced_plan`` are what option ``force`` writes (``{plans}``:
+    one ``forced_plan`` per path); ``keep_tokens`` are further tag texts that must
+    survive detokenization when they are special tokens; ``max_depth`` is the default
+    nesting limit of the family (None: the option's default).
     """
 
     name: str
@@ -55,6 +74,13 @@ class TagSchema:
     join_close: str
     block_close: str | None
     summary_in_content: bool = False
+    fork_separator: str = ""
+    branch_tail: str = ""
+    forced_open: str | None = None
+    forced_plan: str | None = None
+    plan_id: str = PLAN_ID
+    keep_tokens: tuple[str, ...] = ()
+    max_depth: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -73,7 +99,29 @@ class TagSchema:
             raise ValueError(
                 f"schema {self.name!r}: plan items need a fork point after the block open"
             )
+        self._check_format()
         self._check_distinct()
+
+    def _check_format(self) -> None:
+        for field_name in ("fork_separator", "branch_tail"):
+            if not isinstance(getattr(self, field_name), str):
+                raise ValueError(f"schema {self.name!r}: {field_name} must be a string")
+        if self.forced_open is not None:
+            _check_tag(self, "forced_open", self.forced_open)
+            if self.plan_open is not None and (_PLANS not in self.forced_open or self.forced_plan is None):
+                raise ValueError(f"schema {self.name!r}: forced_open needs {{plans}} and a forced_plan")
+        if self.forced_plan is not None and _INDEX not in self.forced_plan:
+            raise ValueError(f"schema {self.name!r}: forced_plan must contain {{i}}")
+        try:
+            if re.compile(self.plan_id).groups < 1:
+                raise ValueError("it needs a group for the id")
+        except (re.error, TypeError, ValueError) as exc:
+            raise ValueError(f"schema {self.name!r}: plan_id is not a usable pattern: {exc}") from exc
+        if not isinstance(self.keep_tokens, tuple) or not all(isinstance(t, str) and t for t in self.keep_tokens):
+            raise ValueError(f"schema {self.name!r}: keep_tokens must be a list of non-empty strings")
+        if self.max_depth is not None and (not isinstance(self.max_depth, int) or isinstance(self.max_depth, bool)
+                                           or self.max_depth < 0):
+            raise ValueError(f"schema {self.name!r}: max_depth must be an integer >= 0")
 
     def _check_distinct(self) -> None:
         # NOTE: fork_after may equal block_open (the `parallel` preset forks right at the
@@ -88,10 +136,38 @@ class TagSchema:
                 )
             seen[tag] = kind
 
-    def header(self, i: int) -> str:
-        """Branch header for path ``i`` (1-based), exactly as the engine injects it."""
+    def header(self, i: int | str) -> str:
+        """Branch header for path id ``i`` (1-based index or plan id), as injected."""
         # NOTE: replace, not str.format: a tag may legitimately contain braces.
         return self.branch_header.replace(_INDEX, str(i))
+
+    def path_ids(self, plan_items: tuple[str, ...], width: int) -> list[str]:
+        """Header ids of a block's ``width`` paths: each plan item's own id (``1.2``)
+        where it has one, else the 1-based index."""
+        pattern = re.compile(self.plan_id)
+        ids = []
+        for i in range(1, width + 1):
+            found = pattern.match(plan_items[i - 1]) if i <= len(plan_items) else None
+            ids.append(found.group(1) if found else str(i))
+        return ids
+
+    def forced_text(self, paths: int) -> str:
+        """Text the engine writes to open a block itself (request option ``force``)."""
+        if self.forced_open is not None:
+            plans = "".join((self.forced_plan or "").replace(_INDEX, str(i)) for i in range(1, paths + 1))
+            return self.forced_open.replace(_PLANS, plans)
+        text = self.block_open
+        if self.plan_open is not None:
+            text += "".join(f"{self.plan_open}{i}:{self.plan_close}" for i in range(1, paths + 1))
+        if self.fork_after != self.block_open:
+            text += self.fork_after
+        return text
+
+    def special_texts(self) -> set[str]:
+        """Every text of the schema that holds tags (what must survive detokenization):
+        a special token found inside any of them is one of the schema's tags."""
+        texts = (self.branch_header, self.forced_open, self.forced_plan, *self.keep_tokens)
+        return {*self.tags().values(), *(t for t in texts if t)}
 
     @property
     def header_prefix(self) -> str:
@@ -121,6 +197,9 @@ class TagSchema:
         if unknown:
             raise ValueError(f"tag schema: unknown field(s) {', '.join(unknown)}")
         optional = {n: None for n in _OPTIONAL_TAGS}
+        data = dict(data)
+        if isinstance(data.get("keep_tokens"), list):
+            data["keep_tokens"] = tuple(data["keep_tokens"])
         return cls(**{**optional, **data})
 
 
@@ -143,6 +222,8 @@ PARALLEL = TagSchema(
     summary_in_content=True,
 )
 
+# NPR: `<guideline>\n<plan>1: ..</plan>\n..</guideline>\n<step>\n1: ..\n</step>\n..
+# <takeaway>\n..\n</takeaway>\n\n`, blocks one after another, no nesting in training.
 NPR = TagSchema(
     name="npr",
     block_open="<guideline>",
@@ -154,8 +235,14 @@ NPR = TagSchema(
     join_header="<takeaway>",
     join_close="</takeaway>",
     block_close=None,
+    fork_separator="\n",
+    branch_tail="\n",
+    forced_open="<guideline>\n{plans}</guideline>",
+    forced_plan="<plan>{i}:</plan>\n",
+    max_depth=1,
 )
 
+# Multiverse (its data serializer): every tag on its own line, dotted ids, nesting.
 MULTIVERSE = TagSchema(
     name="multiverse",
     block_open="<Parallel>",
@@ -167,6 +254,11 @@ MULTIVERSE = TagSchema(
     join_header="<Conclusion>",
     join_close="</Conclusion>",
     block_close="</Parallel>",
+    fork_separator="\n",
+    branch_tail="\n",
+    forced_open="<Parallel>\n<Goal>\n{plans}</Goal>",
+    forced_plan="<Outline>\n{i}:\n</Outline>\n",
+    keep_tokens=("<Think>", "</Think>", "<Goal>"),
 )
 
 _REGISTRY: dict[str, TagSchema] = {s.name: s for s in (PARALLEL, NPR, MULTIVERSE)}

@@ -19,6 +19,7 @@ from sglang.srt.runtime_context import get_observability
 from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder
 from npr_engine.core.options import InvalidNprOptions, NprOptions
+from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
@@ -39,6 +40,7 @@ class Controller:
     def __init__(self, scheduler):
         self.scheduler = scheduler
         self.tokenizer = scheduler.tokenizer
+        self.special = SpecialTokens(self.tokenizer) if self.tokenizer is not None else None
         self._token_cache: dict[str, list[int]] = {}
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
@@ -57,6 +59,17 @@ class Controller:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def decoder_for(self, req) -> IncrementalDecoder:
+        """A sequence's text exactly as its reply shows it: tags kept, other special
+        tokens dropped iff the request skips them (npr_engine/core/special.py)."""
+        skip = bool(getattr(req.sampling_params, "skip_special_tokens", True))
+        return IncrementalDecoder(lambda ids: self.decode(self.special.visible(ids, skip)))
+
+    def close_tokens(self, seq: Seq) -> list[int]:
+        """What a branch still writes to end: its nested block's closing tags, its close
+        tag and the schema's tail after it."""
+        return self.tokens(seq.parser.closing_text() + seq.schema.branch_close) + self.tokens(seq.schema.branch_tail)
 
     def writes_at_once(self, seq: Seq) -> bool:
         """Whether injected text of several tokens goes in one extend step.
@@ -104,10 +117,10 @@ class Controller:
             return None
         schema = options.tag_schema
         unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
-        seq = Seq(req, unit, options, schema, TagParser(schema, "root"), IncrementalDecoder(self.decode))
+        seq = Seq(req, unit, options, schema, TagParser(schema, "root"), self.decoder_for(req))
         unit.root = seq
         if options.force:
-            seq.forced.extend(self.tokens(forced_open_text(schema, options.paths)))
+            seq.forced.extend(self.tokens(schema.forced_text(options.paths)))
         return seq
 
     # -- before the stock result processing: injected tokens ---------------------------
@@ -151,7 +164,8 @@ class Controller:
             reason = self._branch_end_reason(seq, sampled)
             if reason is not None:
                 seq.close_reason = reason
-                # A nested block (a joined summary, or sequential text) is closed first.
+                # A nested block (a joined summary, or sequential text) is closed first;
+                # the tail follows once the parser has seen the close (after_result).
                 seq.forced.extend(self.tokens(seq.parser.closing_text() + seq.schema.branch_close))
         if seq.forced:
             seq.injected += 1
@@ -162,7 +176,7 @@ class Controller:
         root = seq.unit.root.req
         if self.is_eos(seq.req, sampled) and not root.sampling_params.ignore_eos:
             return "eos"
-        close_len = len(self.tokens(seq.parser.closing_text() + seq.schema.branch_close))
+        close_len = len(self.close_tokens(seq))
         limit = seq.options.max_path_tokens
         if limit is not None and seq.own_tokens() + close_len >= limit:
             return "budget"
@@ -206,10 +220,19 @@ class Controller:
             note_branch_text(seq, text)
             for event in seq.parser.feed(text) if text else ():
                 if isinstance(event, Fork):
-                    to_fork.append((seq, event.plan_items))
+                    self._separate(seq, event.plan_items, to_extend)
                 elif isinstance(event, BranchClose) and seq.is_branch:
-                    seq.phase = Phase.CLOSING
                     seq.path.finish = seq.close_reason or "close"
+                    seq.close_len = len(req.origin_input_ids) + len(req.output_ids)
+                    tail = self.tokens(seq.schema.branch_tail)
+                    seq.forced.extend(tail)
+                    seq.path.tail = len(tail)
+                    seq.tailing = True
+            if seq.tailing and not seq.forced:
+                seq.phase = Phase.CLOSING  # its close tag and tail are written
+            elif seq.pending_fork is not None and not seq.forced:
+                to_fork.append((seq, seq.pending_fork))
+                seq.pending_fork = None
         self.forkjoin.count_parallel(stepped, to_park)
         self.forkjoin.park(batch, to_park)
         for seq, plan_items in to_fork:
@@ -220,6 +243,17 @@ class Controller:
         for seq in extending:
             self.queue_extend(seq)
         self.forkjoin.join_ready([s.block for s in to_park])
+
+    def _separate(self, seq: Seq, plan_items: tuple[str, ...], to_extend: list[Seq]) -> None:
+        """At a fork point: write the schema's separator, then fork (once it is written,
+        one token per step, when the sequence injects one token per step)."""
+        sep = self.tokens(seq.schema.fork_separator)
+        if sep and self.writes_at_once(seq):
+            self.write(seq, sep)
+        elif sep:
+            seq.forced.extend(sep)
+        seq.pending_fork = plan_items
+        seq.block_sep = len(sep)
 
     def _write_forced_now(self, seq: Seq) -> bool:
         """Move a forced block open (all but its first token, already injected) into the
@@ -242,12 +276,7 @@ def _append_injected(seq: Seq, tokens: list[int]) -> None:
 
 def forced_open_text(schema, paths: int) -> str:
     """Text the engine writes to open a block itself (request option `force`)."""
-    text = schema.block_open
-    if schema.plan_open is not None:
-        text += "".join(f"{schema.plan_open}{i}:{schema.plan_close}" for i in range(1, paths + 1))
-    if schema.fork_after != schema.block_open:
-        text += schema.fork_after
-    return text
+    return schema.forced_text(paths)
 
 
 _controllers: dict[int, Controller] = {}

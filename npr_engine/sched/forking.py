@@ -40,7 +40,7 @@ class ForkJoin:
         """Tokens the live branches still add at least: their close tags (or what is left
         of them), plus one each for the token being decided in the current step."""
         def close_len(s: Seq) -> int:
-            return len(self.ctl.tokens(s.parser.closing_text() + s.schema.branch_close))
+            return len(self.ctl.close_tokens(s))
 
         return sum((len(s.forced) if s.close_reason else close_len(s)) + 1 for s in _live_branches(unit.root))
 
@@ -69,7 +69,8 @@ class ForkJoin:
     def fork(self, batch, seq: Seq, plan_items: tuple[str, ...]) -> None:
         width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
         width = max(width, 1)
-        reason = self._fallback_reason(seq, width)
+        ids = seq.schema.path_ids(plan_items, width)
+        reason = self._fallback_reason(seq, ids)
         block_trace = seq.unit.trace.new_block(
             parent_block=seq.block.trace.id if seq.is_branch else None,
             parent_path=seq.path.index if seq.is_branch else None,
@@ -77,7 +78,9 @@ class ForkJoin:
             fork_offset=len(seq.req.output_ids) - seq.fork_out_len,
             width=width,
             fallback=reason,
+            separator=seq.block_sep,
         )
+        seq.block_sep = 0
         if seq.is_branch:
             seq.path.children.append(block_trace)
         if reason is not None:
@@ -94,7 +97,7 @@ class ForkJoin:
         alias_prefix(pool.req_to_token, parent.kv.req_pool_idx, rows, prefix_len)
         block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len, uncommitted=uncommitted)
         for i, row in enumerate(rows, start=1):
-            block.branches.append(self._make_branch(seq, block, i, row))
+            block.branches.append(self._make_branch(seq, block, i, row, ids[i - 1]))
         block_trace.paths = [b.path for b in block.branches]
         seq.phase, seq.child = Phase.FORKED, block
         seq.unit.blocks_open += 1
@@ -120,11 +123,13 @@ class ForkJoin:
         pending = block.parent.req.output_ids[-1]
         inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
 
-    def _fallback_reason(self, seq: Seq, width: int) -> str | None:
+    def _fallback_reason(self, seq: Seq, ids: list[str]) -> str | None:
+        width = len(ids)
         if seq.depth + 1 > seq.options.max_depth:
             return "depth"
-        header_cost = max(len(self.ctl.tokens(seq.schema.header(i))) for i in range(1, width + 1))
-        per_branch = header_cost + len(self.ctl.tokens(seq.schema.branch_close)) + 2
+        header_cost = max(len(self.ctl.tokens(seq.schema.header(i))) for i in ids)
+        schema = seq.schema
+        per_branch = header_cost + len(self.ctl.tokens(schema.branch_close)) + len(self.ctl.tokens(schema.branch_tail)) + 2
         need = width * per_branch + len(self.ctl.tokens(seq.schema.join_header))
         root = seq.unit.root.req
         left = root.sampling_params.max_new_tokens - self.unit_tokens(seq.unit) - self.closing_reserve(seq.unit)
@@ -139,7 +144,7 @@ class ForkJoin:
             return "max_running_requests"
         return None
 
-    def _make_branch(self, parent_seq: Seq, block: Block, index: int, row: int) -> Seq:
+    def _make_branch(self, parent_seq: Seq, block: Block, index: int, row: int, path_id: str) -> Seq:
         parent = parent_seq.req
         params = copy.copy(parent.sampling_params)
         # User stops apply outside branches only; EOS and budgets are ours to enforce.
@@ -151,6 +156,9 @@ class ForkJoin:
         if params.sampling_seed is not None:
             # Siblings must not draw the same random stream.
             params.sampling_seed = (params.sampling_seed + 7919 * index) % (2**63)
+        if parent_seq.options.branch_sampling is not None:
+            # On the copy only: the parent resumes with its own values after the join.
+            parent_seq.options.branch_sampling.apply(params)
         custom = dict(parent.sampling_params.custom_params or {})
         custom["npr_branch"] = {"path": index, "depth": parent_seq.depth + 1}
         params.custom_params = custom
@@ -176,11 +184,14 @@ class ForkJoin:
         schema = parent_seq.schema
         seq = Seq(
             req=req, unit=parent_seq.unit, options=parent_seq.options, schema=schema,
-            parser=TagParser(schema, "branch"), decoder=IncrementalDecoder(self.ctl.decode),
+            parser=TagParser(schema, "branch"), decoder=self.ctl.decoder_for(req),
             depth=parent_seq.depth + 1, block=block, path=PathTrace(index=index),
-            fork_out_len=len(parent.output_ids), pos_offset=parent_seq.pos_offset,
+            fork_out_len=len(parent.output_ids),
+            # Training positions: every path restarts at pos(fork point) + 1, the fork
+            # separator's own positions (DESIGN.md section 2).
+            pos_offset=parent_seq.pos_offset + block.trace.separator,
         )
-        seq.forced.extend(self.ctl.tokens(schema.header(index)))
+        seq.forced.extend(self.ctl.tokens(schema.header(path_id)))
         req.npr = seq
         inherit_logprob_request(parent, req)
         return seq
@@ -206,8 +217,9 @@ class ForkJoin:
         for b in branches:
             parent.output_ids.extend(b.output_ids[fork_len:])
         splice_branch_logprobs(parent, branches, fork_len)
-        # Shared positions: the continuation starts after the longest branch.
-        next_pos = max(b.kv.kv_committed_len - b.npr.pos_offset for b in branches)
+        # Shared positions: the continuation starts after the longest branch, measured
+        # to its close tag (a tail after it does not count, as in training).
+        next_pos = max(_close_len(b) - b.npr.pos_offset for b in branches)
         seq.pos_offset = kv_len - next_pos
         if duplicates.numel():
             self.scheduler.token_to_kv_pool_allocator.free(duplicates)
@@ -263,6 +275,11 @@ class ForkJoin:
     def _debug(self, event: str, **fields) -> None:
         if self.ctl.debug_events is not None:
             self.ctl.debug_events.append({"event": event, **fields})
+
+
+def _close_len(branch) -> int:
+    seq = branch.npr
+    return seq.close_len if seq.close_len is not None else branch.kv.kv_committed_len
 
 
 def _subtree_tokens(seq: Seq) -> int:

@@ -53,6 +53,10 @@ class Seq:
     child: Block | None = None  # parent: the block it waits for
     pos_offset: int = 0  # stock position minus the `shared` position (DESIGN.md section 3)
     injected: int = 0  # tokens of this sequence that the engine injected
+    pending_fork: tuple[str, ...] | None = None  # plan items of a fork waiting for its separator
+    block_sep: int = 0  # separator tokens written at the pending fork point
+    tailing: bool = False  # branch: close tag written, its tail being injected
+    close_len: int | None = None  # branch: KV length through its close tag (join position)
 
     @property
     def is_branch(self) -> bool:

@@ -42,6 +42,15 @@ def _chain_and_position(req, seq):
     chain = []
     node = seq
     while node is not None and node.is_branch:
-        chain.append(str(node.path.index))
+        chain.append(_part(node))
         node = node.block.parent
     return ".".join(reversed(chain)), len(req.output_ids) - seq.fork_out_len
+
+
+def _part(seq) -> str:
+    """"i" for path i of a sequence's first block, "k:i" for its (k+1)-th block."""
+    block = seq.block.trace
+    siblings = [b for b in seq.unit.trace.blocks
+                if (b.parent_block, b.parent_path) == (block.parent_block, block.parent_path)]
+    k = next(n for n, b in enumerate(siblings) if b is block)
+    return f"{k}:{seq.path.index}" if k else str(seq.path.index)

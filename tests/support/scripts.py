@@ -29,13 +29,17 @@ class Blk:
     """A block: its paths, the summary text and whether the model closes it.
 
     `plan` (schemas with plan items): the items written between block open and the
-    fork point. `closed` False: the model stops (EOS) inside the summary.
+    fork point; `open_text`, if given, is the exact text between block open and fork
+    point instead (its plan items must still be listed in `plan`, for the header ids).
+    `closed` False: the model stops (EOS) inside the summary.
     """
 
     paths: list[Pth]
     summary: str = "S"
     closed: bool = True
     plan: list[str] | None = None
+    open_text: str | None = None
+    close_sep: str = ""  # text between the join close and the block close
 
 
 class ScriptBuilder:
@@ -54,31 +58,44 @@ class ScriptBuilder:
 
     def _sequence(self, parts: list, chain: str, scripts: dict) -> list[int]:
         out: list[int] = []
+        blocks = 0
         for part in parts:
-            out += self._block(part, chain, scripts) if isinstance(part, Blk) else self.enc(part)
+            if isinstance(part, Blk):
+                out += self._block(part, chain, scripts, blocks)
+                blocks += 1
+            else:
+                out += self.enc(part)
         return out
 
-    def _block(self, blk: Blk, chain: str, scripts: dict) -> list[int]:
+    def _block(self, blk: Blk, chain: str, scripts: dict, k: int = 0) -> list[int]:
         s = self.schema
         out = self.enc(s.block_open)
+        items: list[str] = []
         if s.plan_open is not None:
             items = blk.plan if blk.plan is not None else [f"{i}:" for i in range(1, len(blk.paths) + 1)]
-            for item in items:
-                out += self.enc(s.plan_open) + self.enc(item) + self.enc(s.plan_close)
+            if blk.open_text is not None:
+                out += self.enc(blk.open_text)
+            else:
+                for item in items:
+                    out += self.enc(s.plan_open) + self.enc(item) + self.enc(s.plan_close)
             out += self.enc(s.fork_after)
+        out += self.enc(s.fork_separator)
+        ids = s.path_ids(tuple(items), len(blk.paths))
         for i, path in enumerate(blk.paths, start=1):
-            sub = f"{chain}.{i}" if chain else str(i)
-            own = self.enc(s.header(i)) + self._sequence(path.parts, sub, scripts)
+            part = f"{k}:{i}" if k else str(i)  # the (k+1)-th block of this sequence
+            sub = f"{chain}.{part}" if chain else part
+            own = self.enc(s.header(ids[i - 1])) + self._sequence(path.parts, sub, scripts)
+            ending = self.enc(s.branch_close) + self.enc(s.branch_tail)
             if path.end == "close":
-                own += self.enc(s.branch_close)
+                own += ending
                 scripts[sub] = own
             else:  # EOS: the branch's script stops; the engine injects the close tag
                 scripts[sub] = own
-                own = own + self.enc(s.branch_close)
+                own = own + ending
             out += own
         out += self.enc(s.join_header) + self.enc(blk.summary)
         if blk.closed:
-            out += self.enc(s.join_close) + self.enc(s.block_close or "")
+            out += self.enc(s.join_close) + self.enc(blk.close_sep if s.block_close else "") + self.enc(s.block_close or "")
         return out
 
 
@@ -91,7 +108,8 @@ def sampling(script: dict, max_new_tokens: int, npr: dict | None = None, eos: in
 
 
 def run_script(engine, parts: list, schema: str = "parallel", npr: dict | None = None,
-               max_new_tokens: int | None = None, prompt: str = "Plan two approaches.", **extra) -> tuple[dict, dict]:
+               max_new_tokens: int | None = None, prompt: str = "Plan two approaches.",
+               return_logprob: bool = False, **extra) -> tuple[dict, dict]:
     """Generate with the model forced to write `parts`, then EOS; returns (output, scripts)."""
     from tests.support.scripted import ScriptedTags
 
@@ -99,7 +117,9 @@ def run_script(engine, parts: list, schema: str = "parallel", npr: dict | None =
     scripts = ScriptBuilder(tokenizer, schema).build(parts)
     params = sampling(scripts, max_new_tokens or len(scripts[""]) + 8, {"schema": schema, **(npr or {})},
                       eos=tokenizer.eos_token_id, **extra)
-    return engine.generate(prompt, params, custom_logit_processor=ScriptedTags().to_str()), scripts
+    out = engine.generate(prompt, params, custom_logit_processor=ScriptedTags().to_str(),
+                          return_logprob=return_logprob)
+    return out, scripts
 
 
 def scripted_text(engine, scripts: dict) -> str:
