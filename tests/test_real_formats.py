@@ -91,7 +91,7 @@ def test_offline_reply_is_the_trained_text(tiny, schema):
     _, llm = tiny
     out, scripts = run(llm, schema)
     assert out["text"] == SCRIPTS[schema][1]
-    assert list(out["output_ids"]) == scripts[""][: len(out["output_ids"])]
+    assert list(out["output_ids"]) == scripts[""] + [llm.tokenizer_manager.tokenizer.eos_token_id]
     blocks = out["meta_info"]["npr_trace"]["blocks"]
     assert all(b["fallback"] is None for b in blocks), blocks
     if schema == "npr":
@@ -100,3 +100,223 @@ def test_offline_reply_is_the_trained_text(tiny, schema):
     else:
         assert [(b["depth"], b["width"]) for b in blocks] == [(1, 2), (2, 2)]
     assert_idle(llm)
+
+
+# -- training positions and mask, written from the families' trainers' description --------
+
+
+FAMILY_TAGS = {  # block open, fork point, path open, path close, join, block end
+    "npr": ("<guideline>", "</guideline>", "<step>", "</step>", "<takeaway>", "</takeaway>"),
+    "multiverse": ("<Parallel>", "</Goal>", "<Path>", "</Path>", "<Conclusion>", "</Parallel>"),
+}
+
+
+def training_rule(ids: list[int], start: int, tag_ids: dict[str, int], schema: str):
+    """Positions and per-block path spans as the families' trainers compute them.
+
+    Positions count up token by token; at each path open of a block the position
+    resets to pos(fork point) + 1; at the join it becomes pos(fork point) + the longest
+    path + 1, a path's length being pos(its close) - pos(fork point). Spans (path open
+    .. path close, inclusive) of one block never see each other.
+    """
+    opening, fork, p_open, p_close, join, end = (tag_ids[t] for t in FAMILY_TAGS[schema])
+    positions, blocks, stack, p = [], [], [], 0
+    for t, tok in enumerate(ids):
+        top = stack[-1] if stack else None
+        if t >= start and top is not None and top["g"] is not None and top["span"] is None:
+            if tok == p_open:
+                p, top["span"] = top["g"] + 1, t
+            elif tok == join:
+                p = top["g"] + top["longest"] + 1
+        positions.append(p)
+        if t >= start:
+            if tok == opening and (top is None or top["span"] is not None or top["g"] is None):
+                stack.append({"g": None, "fork": None, "longest": 0, "span": None, "spans": []})
+            elif top is not None and tok == fork and top["g"] is None:
+                top["g"], top["fork"] = p, t
+            elif top is not None and tok == p_close and top["span"] is not None:
+                top["longest"] = max(top["longest"], p - top["g"])
+                top["spans"].append((top["span"], t))
+                top["span"] = None
+            elif top is not None and tok == end and top["span"] is None and top["g"] is not None:
+                blocks.append(stack.pop())
+        p += 1
+    return positions, blocks
+
+
+def training_visible(q: int, k: int, blocks: list[dict]) -> bool:
+    if k > q:
+        return False
+    for block in blocks:
+        spans = block["spans"]
+        for i, (s_i, e_i) in enumerate(spans):
+            for j, (s_j, e_j) in enumerate(spans):
+                if i != j and s_i <= k <= e_i and s_j <= q <= e_j:
+                    return False
+    return True
+
+
+def _in(ranges, k: int) -> bool:
+    return any(lo <= k < hi for lo, hi in ranges)
+
+
+def classify_differences(view, blocks: list[dict]) -> dict[str, int]:
+    """Count (query, key) pairs where the engine's view and the training mask differ:
+    `separator` = the pairs the issue allows (a query in path j >= 2 against a key
+    outside every path span, after the fork point and before path j); `tail` = a
+    query in a path's tail (the text after its close, outside every span) of path
+    j >= 2 against a key in an earlier path or its tail; `other` = anything else."""
+    counts = {"separator": 0, "tail": 0, "other": 0}
+    n = len(view.input_ids)
+    for q in range(n):
+        for k in range(q + 1):
+            if _in(view.visible[q], k) == training_visible(q, k, blocks):
+                continue
+            counts[_kind(q, k, blocks)] += 1
+    return counts
+
+
+def _kind(q: int, k: int, blocks: list[dict]) -> str:
+    for block in blocks:
+        spans = block["spans"]
+        starts = [s for s, _ in spans]
+        # The tail of path j runs from its close to the next path's open (or the join).
+        ends = [e for _, e in spans]
+        nexts = starts[1:] + [ends[-1] + 2]
+        for j in range(1, len(spans)):
+            in_span = starts[j] <= q <= ends[j]
+            outside = all(not (s <= k <= e) for s, e in spans)
+            if in_span and outside and block["fork"] < k < starts[j]:
+                return "separator"
+            in_tail = ends[j] < q < nexts[j]
+            if in_tail and starts[0] <= k < starts[j]:
+                return "tail"
+    return "other"
+
+
+@pytest.mark.parametrize("schema", ["npr", "multiverse"])
+def test_positions_equal_training_and_visibility_differs_only_where_a_fork_must(tiny, schema):
+    from tests.support.engine import assert_idle
+
+    _, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    out, _ = run(llm, schema, return_logprob=True)  # one token per step for injected text
+    assert out["text"] == SCRIPTS[schema][1]
+    prompt = tokenizer.encode("What is 3 + 4? Think in parallel.")
+    assert len(prompt) == out["meta_info"]["prompt_tokens"]
+    view = training_view(out, prompt)
+    tag_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in FAMILY_TAGS[schema]}
+    positions, blocks = training_rule(view.input_ids, len(prompt), tag_ids, schema)
+    assert len(blocks) == (3 if schema == "npr" else 2)
+    assert view.position_ids == positions
+    counts = classify_differences(view, blocks)
+    print(f"{schema}: visibility differences from the training mask: {counts}")
+    assert counts["other"] == 0, counts
+    assert counts["separator"] + counts["tail"] > 0  # W >= 2 blocks: a fork cannot show everything
+    assert_idle(llm)
+
+
+# -- over HTTP: chat, streamed chat, completions, /generate ------------------------------
+
+
+@pytest.fixture(scope="module")
+def tagged_server(tiny):
+    from tests.support.server import serving
+
+    model_dir, _ = tiny
+    with serving(model_dir, 4096, "--tag-schema", "npr") as proc:
+        yield proc
+
+
+def _script_fields(model_dir, schema: str, tail: str = "") -> dict:
+    """Request fields that make the model write the family's reply (then EOS)."""
+    from transformers import AutoTokenizer
+
+    from tests.support.scripted import ScriptedTags
+    from tests.support.scripts import ScriptBuilder
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    parts = SCRIPTS[schema][0]() + ([tail] if tail else [])
+    scripts = ScriptBuilder(tokenizer, schema).build(parts)
+    return {"custom_logit_processor": ScriptedTags().to_str(),
+            "custom_params": {"script": scripts, "eos": tokenizer.eos_token_id},
+            "parallel": {"schema": schema}, "max_tokens": len(scripts[""]) + 8, "temperature": 0}
+
+
+# What the npr reasoning split gives: whole blocks are reasoning, the rest content.
+NPR_BLOCKS = [NPR_TEXT[s:e + len("</takeaway>")] for s, e in
+              zip([i for i in range(len(NPR_TEXT)) if NPR_TEXT.startswith("<guideline>", i)],
+                  [i for i in range(len(NPR_TEXT)) if NPR_TEXT.startswith("</takeaway>", i)], strict=True)]
+
+
+def test_chat_reply_and_reasoning_split_keep_every_tag(tagged_server, tiny):
+    import httpx
+
+    body = {"model": "default", "messages": [{"role": "user", "content": "What is 3 + 4?"}],
+            **_script_fields(tiny[0], "npr")}
+    reply = httpx.post(tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120).json()
+    message = reply["choices"][0]["message"]
+    assert message["reasoning_content"] == "".join(NPR_BLOCKS)
+    assert message["content"].strip() == "The answer is 4."
+    plain = httpx.post(tagged_server.base_url + "/v1/chat/completions", timeout=120,
+                       json={**body, "separate_reasoning": False}).json()
+    assert plain["choices"][0]["message"]["content"] == NPR_TEXT
+    tagged_server.assert_kv_idle()
+
+
+def test_streamed_chat_deltas_and_branch_deltas_concatenate_to_the_text(tagged_server, tiny):
+    import json
+
+    import httpx
+
+    body = {"model": "default", "messages": [{"role": "user", "content": "What is 3 + 4?"}], "stream": True,
+            "separate_reasoning": False, **_script_fields(tiny[0], "npr")}
+    content, paths = "", {}
+    with httpx.stream("POST", tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            content += (choice.get("delta") or {}).get("content") or ""
+            for d in choice.get("branch_deltas") or []:
+                paths[(d["block"], d["path"])] = paths.get((d["block"], d["path"]), "") + d["text"]
+    assert content == NPR_TEXT
+    assert len(paths) == sum(NPR_WIDTHS)
+    assert paths[(0, 1)] == "<step>\n1: small cases give 4.\n</step>\n"
+    assert paths[(1, 5)] == "<step>\n5: E.\n</step>\n"
+    assert all(text in NPR_TEXT for text in paths.values())
+    tagged_server.assert_kv_idle()
+
+
+@pytest.mark.parametrize("schema", ["npr", "multiverse"])
+def test_completions_and_generate_return_the_trained_text(tagged_server, tiny, schema):
+    import httpx
+
+    fields = _script_fields(tiny[0], schema)
+    base = tagged_server.base_url
+    done = httpx.post(base + "/v1/completions", json={"model": "default", "prompt": "Q:", **fields},
+                      timeout=120).json()
+    assert done["choices"][0]["text"] == SCRIPTS[schema][1]
+    sampling = {"max_new_tokens": fields["max_tokens"], "temperature": 0,
+                "custom_params": {**fields["custom_params"], "npr": fields["parallel"]}}
+    native = httpx.post(base + "/generate", timeout=120, json={
+        "text": "Q:", "sampling_params": sampling, "custom_logit_processor": fields["custom_logit_processor"]}).json()
+    assert native["text"] == SCRIPTS[schema][1]
+    tagged_server.assert_kv_idle()
+
+
+def test_other_special_tokens_follow_skip_special_tokens(tagged_server, tiny):
+    import httpx
+
+    fields = _script_fields(tiny[0], "npr", tail="<|im_start|>")
+    sampling = {"max_new_tokens": fields["max_tokens"], "temperature": 0,
+                "custom_params": {**fields["custom_params"], "npr": fields["parallel"]}}
+    texts = []
+    for skip in (True, False):
+        native = httpx.post(tagged_server.base_url + "/generate", timeout=120, json={
+            "text": "Q:", "sampling_params": {**sampling, "skip_special_tokens": skip},
+            "custom_logit_processor": fields["custom_logit_processor"]}).json()
+        texts.append(native["text"])
+    assert texts[0] == NPR_TEXT  # the chat marker is stripped, every tag kept
+    assert texts[1] == NPR_TEXT + "<|im_start|>"
+    tagged_server.assert_kv_idle()

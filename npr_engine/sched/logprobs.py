@@ -110,11 +110,15 @@ def rescore(out, i: int, sampled: int, token: int) -> float:
         return NAN
     row = logits[i].float()
     got = float(out.next_token_logprobs[i])
+    # NOTE: the closest form wins: on a near-uniform distribution (a random model) the
+    # log-softmax of a probability row is within tolerance of the sampled value too.
+    best, best_err = None, _MATCH_TOL * max(1.0, abs(got))
     for form in (_log_softmax, torch.log):
         values = form(row)
-        if abs(float(values[sampled]) - got) <= _MATCH_TOL * max(1.0, abs(got)):
-            return max(float(values[token]), _LOG_FLOOR)
-    return NAN
+        err = abs(float(values[sampled]) - got)
+        if err <= best_err:
+            best, best_err = values, err
+    return NAN if best is None else max(float(best[token]), _LOG_FLOOR)
 
 
 def _log_softmax(row: torch.Tensor) -> torch.Tensor:
