@@ -4,8 +4,9 @@ SGLang 0.5.23.
 Positions are tied to the row: `seq_len - 1` in a decode step, `prefix_len + i` in an
 extend. After a join the row holds prefix + every branch, but under the `shared`
 policy the continuation's position is the fork position plus the longest branch:
-subtract each request's offset here (an extend's tokens all share their request's
-offset). `seq_lens` stays the true KV length (attention reads every slot). The decode
+subtract each request's offset here. A branch's first tokens (the parent's tokens it
+computes itself: the fork token, a schema's fork separator) keep the parent's offset;
+its header and everything after use its own (paths restart at pos(fork point) + 1). `seq_lens` stays the true KV length (attention reads every slot). The decode
 CUDA graph copies `forward_batch.positions`, so the offset survives graphs.
 """
 
@@ -22,20 +23,32 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     mode = forward_batch.forward_mode
     if not (mode.is_decode() or mode == ForwardMode.EXTEND):
         return forward_batch
-    offsets = [_offset(req) for req in batch.reqs]
-    if not any(offsets):
+    seqs = [seq_of(req) for req in batch.reqs]
+    if not any(s is not None and (s.pos_offset or s.pre_until) for s in seqs):
         return forward_batch
-    shift = torch.tensor(offsets, dtype=forward_batch.positions.dtype)
-    if mode == ForwardMode.EXTEND:
+    if mode.is_decode():
+        # The token computed is at kv index seq_len - 1 (its stock position).
+        lens = forward_batch.seq_lens_cpu.tolist()
+        shift = [_offset(s, n - 1) for s, n in zip(seqs, lens, strict=True)]
+    else:
         # positions: [extend_num_tokens], each request's extend tokens back to back
-        shift = shift.repeat_interleave(torch.tensor(forward_batch.extend_seq_lens_cpu))
-    forward_batch.positions = forward_batch.positions - shift.to(forward_batch.positions.device)
+        shift = []
+        spans = zip(seqs, forward_batch.extend_prefix_lens_cpu, forward_batch.extend_seq_lens_cpu, strict=True)
+        for s, start, n in spans:
+            if s is not None and s.pre_until > start:
+                shift += [_offset(s, i) for i in range(start, start + n)]
+            else:
+                shift += [_offset(s, start)] * n
+    offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype)
+    forward_batch.positions = forward_batch.positions - offsets.to(forward_batch.positions.device)
     return forward_batch
 
 
-def _offset(req) -> int:
-    seq = seq_of(req)
-    return seq.pos_offset if seq is not None else 0
+def _offset(seq, index: int) -> int:
+    """Stock position minus the `shared` one for the token at kv index `index`."""
+    if seq is None:
+        return 0
+    return seq.pre_offset if index < seq.pre_until else seq.pos_offset
 
 
 HOOKS = [

@@ -320,3 +320,50 @@ def test_other_special_tokens_follow_skip_special_tokens(tagged_server, tiny):
     assert texts[0] == NPR_TEXT  # the chat marker is stripped, every tag kept
     assert texts[1] == NPR_TEXT + "<|im_start|>"
     tagged_server.assert_kv_idle()
+
+
+def test_what_the_fork_costs_against_the_training_mask_on_the_tiny_model(tiny):
+    """The engine against two dense forwards over its own flattened reply: with the
+    exported view (the engine's own attention: exact), and with the training rule's
+    positions and mask (what the families trained on). The second difference is what a
+    fork/join engine's remaining visibility differences cost; a tiny random model's
+    figure, not a real model's."""
+    from npr_engine.export import TrainingView
+    from tests.support.engine import assert_idle
+    from tests.support.scripts import ScriptBuilder
+    from tests.support.sparse_script import SparseScript
+    from tests.test_export import LOGPROB_ATOL, dense_logprobs
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    scripts = ScriptBuilder(tokenizer, "npr", sparse=True).build(npr_parts()[:3])
+    prompt = tokenizer.encode("What is 3 + 4? Think in parallel.")
+    sampling = {"max_new_tokens": len(scripts[""]) + 8, "temperature": 0,
+                "custom_params": {"npr": {"schema": "npr"}, "script": scripts, "eos": tokenizer.eos_token_id}}
+    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
+                       custom_logit_processor=SparseScript().to_str())
+    blocks = out["meta_info"]["npr_trace"]["blocks"]
+    assert [(b["width"], b["fallback"]) for b in blocks] == [(2, None), (5, None)], "the model broke the format"
+    view = training_view(out, prompt)
+    forced = [t is not None for t in scripts[""]] + [True]
+    checked = [j for j in range(view.output_len) if not forced[j] or view.injected[j]]
+    engine = view.logprobs
+    exact, _ = dense_logprobs(model_dir, view)
+    bad = [(j, out["output_ids"][j], engine[j], exact[j]) for j in checked if abs(engine[j] - exact[j]) > LOGPROB_ATOL]
+    assert not bad, (bad, out["output_ids"], blocks)
+
+    tag_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in FAMILY_TAGS["npr"]}
+    positions, spans = training_rule(view.input_ids, len(prompt), tag_ids, "npr")
+    n = len(view.input_ids)
+    visible = [tuple((k, k + 1) for k in range(q + 1) if training_visible(q, k, spans)) for q in range(n)]
+    trained = TrainingView(view.input_ids, positions, visible, view.prompt_len, view.logit_index, view.injected)
+    dense, _ = dense_logprobs(model_dir, trained)
+    worst = max(abs(engine[j] - dense[j]) for j in checked)
+    print(f"tiny model: {len(checked)} log-probs, max |engine - dense(training mask)| = {worst:.3g}, "
+          f"max |engine - dense(exported view)| = {max(abs(engine[j] - exact[j]) for j in checked):.3g}")
+    assert worst > LOGPROB_ATOL  # the differences are real (else the classification above is wrong)
+    # Without log-probs the engine writes its text in one extend step per piece: same
+    # positions and KV, so the model's own greedy choices are the same.
+    again = llm.generate(input_ids=prompt, sampling_params=sampling, custom_logit_processor=SparseScript().to_str())
+    assert again["output_ids"] == out["output_ids"]
+    assert_idle(llm)

@@ -190,6 +190,7 @@ class ForkJoin:
             # Training positions: every path restarts at pos(fork point) + 1, the fork
             # separator's own positions (DESIGN.md section 2).
             pos_offset=parent_seq.pos_offset + block.trace.separator,
+            pre_until=block.prefix_len + block.uncommitted, pre_offset=parent_seq.pos_offset,
         )
         seq.forced.extend(self.ctl.tokens(schema.header(path_id)))
         req.npr = seq

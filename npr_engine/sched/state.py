@@ -52,6 +52,10 @@ class Seq:
     fork_out_len: int = 0  # branch: len(output_ids) of the parent at the fork
     child: Block | None = None  # parent: the block it waits for
     pos_offset: int = 0  # stock position minus the `shared` position (DESIGN.md section 3)
+    # Tokens at kv index < pre_until (a branch's copy of its parent's uncommitted
+    # tokens) take pre_offset, the parent's offset, instead.
+    pre_until: int = 0
+    pre_offset: int = 0
     injected: int = 0  # tokens of this sequence that the engine injected
     pending_fork: tuple[str, ...] | None = None  # plan items of a fork waiting for its separator
     block_sep: int = 0  # separator tokens written at the pending fork point

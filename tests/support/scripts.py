@@ -43,12 +43,28 @@ class Blk:
 
 
 class ScriptBuilder:
-    def __init__(self, tokenizer, schema: TagSchema | str = "parallel") -> None:
-        self.schema = get_schema(schema)
-        self._encode: Callable[[str], list[int]] = lambda t: tokenizer.encode(t, add_special_tokens=False)
+    """`sparse`: scripts for SparseScript instead (tests/support/sparse_script.py):
+    what the engine writes, and every word of the model's own text, are left to the
+    model (None), as is each branch's step after its end; tags and separators the
+    model writes stay forced."""
 
-    def enc(self, text: str) -> list[int]:
-        return self._encode(text) if text else []
+    def __init__(self, tokenizer, schema: TagSchema | str = "parallel", sparse: bool = False) -> None:
+        self.schema = get_schema(schema)
+        self.sparse = sparse
+        self._encode: Callable[[str], list[int]] = lambda t: tokenizer.encode(t, add_special_tokens=False)
+        self._text = lambda ids: tokenizer.decode(ids)
+
+    def enc(self, text: str) -> list:
+        """The model's own text."""
+        ids = self._encode(text) if text else []
+        if not self.sparse:
+            return ids
+        return [None if self._text([t]).strip().isalpha() else t for t in ids]
+
+    def inj(self, text: str) -> list:
+        """Text the engine writes."""
+        ids = self._encode(text) if text else []
+        return [None] * len(ids) if self.sparse else ids
 
     def build(self, parts: list) -> dict[str, list[int]]:
         """Scripts by chain ("" = root); the root's script is the flattened reply."""
@@ -79,21 +95,21 @@ class ScriptBuilder:
                 for item in items:
                     out += self.enc(s.plan_open) + self.enc(item) + self.enc(s.plan_close)
             out += self.enc(s.fork_after)
-        out += self.enc(s.fork_separator)
+        out += self.inj(s.fork_separator)
         ids = s.path_ids(tuple(items), len(blk.paths))
         for i, path in enumerate(blk.paths, start=1):
             part = f"{k}:{i}" if k else str(i)  # the (k+1)-th block of this sequence
             sub = f"{chain}.{part}" if chain else part
-            own = self.enc(s.header(ids[i - 1])) + self._sequence(path.parts, sub, scripts)
-            ending = self.enc(s.branch_close) + self.enc(s.branch_tail)
+            own = self.inj(s.header(ids[i - 1])) + self._sequence(path.parts, sub, scripts)
+            after = [None] if self.sparse else []  # the step after its end scores the next token
             if path.end == "close":
-                own += ending
-                scripts[sub] = own
+                own += self.enc(s.branch_close) + self.inj(s.branch_tail)
+                scripts[sub] = own + after
             else:  # EOS: the branch's script stops; the engine injects the close tag
                 scripts[sub] = own
-                own = own + ending
+                own = own + self.inj(s.branch_close) + self.inj(s.branch_tail)
             out += own
-        out += self.enc(s.join_header) + self.enc(blk.summary)
+        out += self.inj(s.join_header) + self.enc(blk.summary)
         if blk.closed:
             out += self.enc(s.join_close) + self.enc(blk.close_sep if s.block_close else "") + self.enc(s.block_close or "")
         return out
