@@ -44,7 +44,8 @@ def trace_as_object(original, manager, meta_info, state, customized_info, index,
 
 async def chunk_for_deltas(original, serving, *args, **kwargs):
     """The stock chunks of one output; an empty-delta chunk if there were none and the
-    choice has branch deltas pending (the SSE rewriter attaches them)."""
+    choice has branch deltas pending (the SSE rewriter attaches them). At a choice's last
+    output, our reasoning-token count first (its chunks may carry continuous usage)."""
     _count_reasoning(serving, kwargs)
     emitted = False
     async for chunk in original(serving, *args, **kwargs):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
+from npr_engine.core.options import BranchSampling, InvalidNprOptions, NprOptions, wire_custom_params
 from npr_engine.grammar import get_schema, segment
 from tests.support.engine import assert_idle, debug_events, forced, params
 
@@ -115,3 +118,105 @@ def test_invalid_options_raise_a_typed_error(engine, npr, field):
     with pytest.raises(ValueError, match=f"parallel.{field}"):
         engine.generate(PROMPT, params(8, {"npr": npr}))
     assert_idle(engine)
+
+
+# -- parallel.branch_sampling ---------------------------------------------------------
+
+BLOCK = {"max_path_tokens": 20}
+
+
+def _branches(out: dict) -> list[str]:
+    return [s.text for s in segment(out["text"], get_schema("parallel")) if s.kind == "branch"]
+
+
+def _fork_offset(out: dict) -> int:
+    (block,) = out["meta_info"]["npr_trace"]["blocks"]
+    assert block["fallback"] is None and block["width"] == 2
+    return block["fork_offset"]
+
+
+def test_branch_temperature_samples_the_branches_and_leaves_the_parent_greedy(engine):
+    greedy = engine.generate(PROMPT, params(70, forced(2, **BLOCK)))
+    hot = engine.generate(PROMPT, params(70, forced(2, **BLOCK, branch_sampling={"temperature": 1.5})),
+                          return_logprob=True, top_logprobs_num=1)
+    fork = _fork_offset(hot)
+    assert fork == _fork_offset(greedy) and hot["output_ids"][:fork] == greedy["output_ids"][:fork]
+    assert _branches(hot) != _branches(greedy)
+    trace = hot["meta_info"]["npr_trace"]
+    (block,) = trace["blocks"]
+    ids, top = hot["output_ids"], hot["meta_info"]["output_top_logprobs"]
+    starts = [fork + sum(p["tokens"] for p in block["paths"][:k]) for k in range(len(block["paths"]) + 1)]
+    injected = {starts[k] + i for k, p in enumerate(block["paths"]) for i in p["injected"]} | set(trace["injected"])
+    join_end = starts[-1] + block["join_tokens"]
+    assert engine.tokenizer_manager.tokenizer.decode(ids[:join_end]).endswith("<summary>")
+    # Branches sampled (some token is not the most likely one); the parent, after the
+    # join, still takes the most likely token every step.
+    branch_tokens = [i for i in range(fork, starts[-1]) if i not in injected]
+    parent_tokens = [i for i in range(join_end, len(ids)) if i not in injected]
+    assert parent_tokens and all(top[i][0][1] == ids[i] for i in parent_tokens)
+    assert any(top[i][0][1] != ids[i] for i in branch_tokens)
+    assert_idle(engine)
+
+
+def test_greedy_branches_under_a_sampled_parent_match_greedy_ones(engine):
+    greedy = engine.generate(PROMPT, params(70, forced(2, **BLOCK)))
+    cold = engine.generate(PROMPT, params(70, forced(2, **BLOCK, branch_sampling={"temperature": 0}),
+                                          temperature=1.0))
+    _fork_offset(cold)
+    assert _branches(cold) == _branches(greedy)
+    assert_idle(engine)
+
+
+def test_branch_repetition_penalty_changes_the_branches(engine):
+    # The request has no penalty: SGLang's penalizers must still run for the branch rows.
+    greedy = engine.generate(PROMPT, params(70, forced(2, **BLOCK)))
+    strict = engine.generate(PROMPT, params(70, forced(2, **BLOCK, branch_sampling={"repetition_penalty": 2.0})))
+    fork = _fork_offset(strict)
+    assert strict["output_ids"][:fork] == greedy["output_ids"][:fork]
+    assert _branches(strict) != _branches(greedy)
+    assert [b.split(": ", 1)[0] for b in _branches(strict)] == ["<path>1", "<path>2"]
+    assert_idle(engine)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [({"temperature": -0.1}, "temperature"), ({"temperature": float("inf")}, "temperature"),
+     ({"temperature": True}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"),
+     ({"top_p": "0.9"}, "top_p"), ({"top_k": 0}, "top_k"), ({"top_k": -2}, "top_k"), ({"top_k": 2.0}, "top_k"),
+     ({"min_p": -0.1}, "min_p"), ({"min_p": 1.5}, "min_p"), ({"repetition_penalty": 0}, "repetition_penalty"),
+     ({"repetition_penalty": 2.5}, "repetition_penalty"), ({"frequency_penalty": 2.1}, "frequency_penalty"),
+     ({"presence_penalty": -3}, "presence_penalty"), ({"seed": 1}, "seed")],
+)
+def test_branch_sampling_is_checked_like_sglangs_sampling_params(sampling, field):
+    with pytest.raises(InvalidNprOptions) as bad:
+        NprOptions.from_dict({"branch_sampling": sampling})
+    assert bad.value.field == f"branch_sampling.{field}"
+    with pytest.raises(InvalidNprOptions) as bad:
+        NprOptions.from_dict({"branch_sampling": [sampling]})
+    assert bad.value.field == "branch_sampling"
+
+
+def test_branch_sampling_applies_to_a_branch_copy_and_crosses_sglangs_ipc():
+    import msgspec
+    from sglang.srt.sampling.sampling_params import TOP_K_ALL, SamplingParams
+
+    npr = {"force": True, "branch_sampling": {"temperature": 1.5, "top_p": 0.9, "repetition_penalty": 1.3}}
+    custom = {"npr": npr}
+    nested = SamplingParams(temperature=0, custom_params=custom)
+    with pytest.raises(msgspec.ValidationError):  # why the wire form exists
+        msgspec.msgpack.decode(msgspec.msgpack.encode(nested), type=SamplingParams)
+    sent = SamplingParams(temperature=0, custom_params=wire_custom_params(custom))
+    assert custom == {"npr": npr}  # the caller's dict is left as it was
+    parent = msgspec.msgpack.decode(msgspec.msgpack.encode(sent), type=SamplingParams)
+    options = NprOptions.from_custom_params(parent.custom_params)
+    assert options == NprOptions.from_dict(npr)
+    branch = copy.copy(parent)
+    options.branch_sampling.apply(branch)
+    # A greedy request is top_k 1 in SGLang: a branch temperature lifts it.
+    assert (branch.temperature, branch.top_k, branch.top_p, branch.repetition_penalty) == (1.5, TOP_K_ALL, 0.9, 1.3)
+    assert (parent.temperature, parent.top_k, parent.top_p, parent.repetition_penalty) == (1.0, 1, 1.0, 1.0)
+    sampled = SamplingParams(temperature=0.8, top_k=40)
+    BranchSampling(temperature=0).apply(sampled)
+    assert (sampled.temperature, sampled.top_k) == (1.0, 1)
+    BranchSampling(temperature=0.7, top_k=-1).apply(sampled)
+    assert (sampled.temperature, sampled.top_k) == (0.7, TOP_K_ALL)

@@ -8,6 +8,8 @@ import httpx
 import openai
 import pytest
 
+from npr_engine.grammar import get_schema
+
 FORCED = {"force": True, "paths": 2, "max_path_tokens": 10}
 
 
@@ -70,7 +72,10 @@ def test_native_generate_takes_custom_params(server):
     ("parallel", "param"),
     [({"paths": 0}, "parallel.paths"), ({"schema": "nope"}, "parallel.schema"),
      ({"max_path_tokens": -3}, "parallel.max_path_tokens"), ({"paths": "two"}, "parallel.paths"),
-     ({"positions": "sideways"}, "parallel.positions"), ({"paths": 9}, "parallel.paths"), ("yes", "parallel")],
+     ({"positions": "sideways"}, "parallel.positions"), ({"paths": 9}, "parallel.paths"), ("yes", "parallel"),
+     ({"branch_sampling": {"top_p": 0}}, "parallel.branch_sampling.top_p"),
+     ({"branch_sampling": {"temp": 1.0}}, "parallel.branch_sampling.temp"),
+     ({"branch_sampling": 0.5}, "parallel.branch_sampling")],
 )
 def test_invalid_parallel_options_are_400(server, model, parallel, param):
     for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
@@ -135,4 +140,80 @@ def test_metrics_exported_beside_sglangs(server, client, model):
     forked = [line for line in text.splitlines() if line.startswith("npr_blocks_forked_total")]
     assert float(forked[0].split()[-1]) >= 1
     assert "sglang:" in text  # SGLang's own metrics are still there
+    server.assert_kv_idle()
+
+
+def test_branch_sampling_over_http(server, client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=48, temperature=0,
+        extra_body={"parallel": {**FORCED, "branch_sampling": {"temperature": 1.2, "top_p": 0.95}}},
+    )
+    assert reply.choices[0].model_extra["parallel_trace"]["blocks"][0]["width"] == 2
+    server.assert_kv_idle()
+
+
+# -- usage.reasoning_tokens ------------------------------------------------------------
+
+
+def test_reasoning_token_count_follows_the_token_ids(default_model_dir):
+    from transformers import AutoTokenizer
+
+    from npr_engine.api.usage import count_reasoning_tokens
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+
+    def enc(*texts: str) -> list[int]:
+        return [i for t in texts for i in tok.encode(t, add_special_tokens=False)]
+
+    reasoning = enc("<parallel>", "<path>1: ", "Rayleigh scattering \u2600", "</path>", "<path>2: ", "blue", "</path>")
+    ids = enc("Let me see.") + reasoning + enc("<summary>", "It scatters.", "</summary>", "</parallel>", " Done")
+    ids.append(tok.eos_token_id)
+
+    def decode(x):
+        return tok.decode(x, skip_special_tokens=False)
+
+    assert count_reasoning_tokens(ids, decode, get_schema("parallel")) == len(reasoning)
+    assert count_reasoning_tokens(enc("no block here"), decode, get_schema("parallel")) == 0
+
+
+def _chat(client, model, stream: bool, n: int, **extra) -> tuple[object, list, list[str]]:
+    """(usage, trace per choice, reasoning_content per choice) of one chat request."""
+    kwargs = {"model": model, "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 48,
+              "temperature": 0, "n": n, "extra_body": extra}
+    if not stream:
+        reply = client.chat.completions.create(**kwargs)
+        return (reply.usage, [c.model_extra.get("parallel_trace") for c in reply.choices],
+                [c.message.model_extra.get("reasoning_content") or "" for c in reply.choices])
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    traces, reasoning = [None] * n, [""] * n
+    for choice in (c for chunk in chunks for c in chunk.choices):
+        reasoning[choice.index] += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+        traces[choice.index] = traces[choice.index] or (choice.model_extra or {}).get("parallel_trace")
+    return [c.usage for c in chunks if c.usage is not None][-1], traces, reasoning
+
+
+def _reported(usage) -> tuple[int, int]:
+    details = usage.completion_tokens_details
+    return usage.model_extra["reasoning_tokens"], details.reasoning_tokens if details else 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("n", [1, 2])
+def test_usage_counts_the_tokens_of_reasoning_content(server, client, model, stream, n):
+    usage, traces, reasoning = _chat(client, model, stream, n, parallel=FORCED)
+    # Greedy: the n choices are the same reply, and the usage is their sum.
+    assert len(reasoning) == n and len(set(reasoning)) == 1 and reasoning[0].startswith("<parallel><path>1: ")
+    # A forced block opens the reply: its open tag and its paths are the reasoning.
+    block = next(t for t in traces if t is not None)["blocks"][0]
+    expected = n * (block["fork_offset"] + sum(p["tokens"] for p in block["paths"]))
+    assert expected > 0 and _reported(usage) == (expected, expected)
+    server.assert_kv_idle()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("extra", [{"parallel": FORCED, "separate_reasoning": False}, {}])
+def test_usage_has_no_reasoning_tokens_without_reasoning_content(server, client, model, stream, extra):
+    usage, _, reasoning = _chat(client, model, stream, 1, **extra)
+    assert reasoning == [""] and usage.completion_tokens > 0
+    assert _reported(usage) == (0, 0)
     server.assert_kv_idle()

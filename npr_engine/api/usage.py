@@ -27,11 +27,12 @@ def count_reasoning_tokens(output_ids: Sequence[int], decode: Callable[[Sequence
     string whose encoding crosses their boundaries. Here each token's text is what an
     incremental decoder releases for it (a token that releases nothing yet, part of a
     multi-byte character, goes with the text after it), the split is our reasoning
-    parser's over that same text, and a token counts where its first character went. For the `parallel` schema every tag the engine injects (a
-    forced block open, path headers, the join header) is encoded on its own, so with
-    forced blocks every split point is a token boundary and the count is exact; only a
-    token the model samples across a tag it writes itself (` <` before `parallel>`) is
-    placed by its first character.
+    parser's over that same text, and a token counts where its first character went.
+    For the `parallel` schema every tag the engine injects (a forced block open, path
+    headers, the join header) is encoded on its own, so with forced blocks every split
+    point is a token boundary and the count is exact; only a token the model samples
+    across a tag it writes itself (` <` before `parallel>`) is placed by its first
+    character.
     """
     if not output_ids or schema.block_open not in decode(output_ids):
         return 0  # no block, no reasoning (the split starts every reply as content)
@@ -43,7 +44,8 @@ def count_reasoning_tokens(output_ids: Sequence[int], decode: Callable[[Sequence
     in_reasoning = "".join(("1" if reasoning else "0") * len(text) for text, reasoning in runs)
     count, offset = 0, 0
     for piece in pieces:
-        count += offset < len(in_reasoning) and in_reasoning[offset] == "1"
+        if offset < len(in_reasoning) and in_reasoning[offset] == "1":
+            count += 1
         offset += len(piece)
     return count
 
