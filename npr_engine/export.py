@@ -15,6 +15,9 @@ computes the logits the engine computed (DESIGN.md section 3, "Training consiste
   (`shared`, the training rule of DESIGN.md section 2), where t is the fork point's
   last token or, for schemas with a ``fork_separator``, the separator's: those tokens
   share positions with each path's first tokens.
+- a staged join (``staged`` in the trace: schemas with a one-token ``branch_tail``):
+  each path's tail sees everything before it, and path k >= 2's first token is
+  scored by the previous path's tail, as in training.
 - after the join: sees everything before it; positions continue from the longest
   path up to its close tag (pos(close) + 1; a ``branch_tail`` after the close keeps
   its own positions but does not count). Nested blocks compose: a path is itself a
@@ -107,11 +110,15 @@ def _lay_out(lay: _Layout, start: int, length: int, pos: int, ctx: Ranges, block
         pos = _plain(lay, start, cursor, fork, pos, ctx) - block.get("separator", 0)
         branch_ctx = _merge(ctx + ((start, fork),))
         next_pos, b_start = pos, fork
-        for path in block["paths"]:
+        staged = block.get("staged", False)
+        for k, path in enumerate(block["paths"]):
             nested = lay.children.get((block["id"], path["index"]), [])
             path_end = _lay_out(lay, b_start, path["tokens"], pos, branch_ctx, nested, path.get("injected", []))
-            if path["tokens"]:
+            if path["tokens"] and not (staged and k > 0):
                 lay.logit_index[b_start] = fork - 1  # scored by t's row, not the sibling before it
+            if staged:  # its tail was computed after every path before it (sched/staged.py)
+                for i in range(b_start + path["tokens"] - path.get("tail", 0), b_start + path["tokens"]):
+                    lay.visible[i] = _merge(ctx + ((start, i + 1),))
             # The join continues after the longest path up to its close tag (its tail
             # keeps its own positions but does not count).
             next_pos, b_start = max(next_pos, path_end - path.get("tail", 0)), b_start + path["tokens"]

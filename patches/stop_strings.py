@@ -24,6 +24,8 @@ def join_floor(req) -> int | None:
     seq = seq_of(req)
     if seq is None or seq.is_branch or not seq.unit.joined:
         return None
+    if seq.stage is not None:  # a staged join writes path text: only its newest token
+        return len(req.output_ids) - 1
     joined = [b for b in seq.unit.trace.blocks if b.parent_block is None and b.fallback is None and b.join_tokens]
     if not joined:
         return None

@@ -41,6 +41,7 @@ class BlockTrace:
     # Tokens the engine wrote right after the fork point, before the fork (schema
     # `fork_separator`); they end the shared prefix and share the paths' first positions.
     separator: int = 0
+    staged: bool = False  # joined path by path, each tail after the paths before it
     paths: list[PathTrace] = field(default_factory=list)
     join_tokens: int = 0
     # Parallel-rate counters: branch tokens decoded, and those decoded beside a sibling.
@@ -64,6 +65,7 @@ class BlockTrace:
             "width": self.width,
             "fallback": self.fallback,
             "separator": self.separator,
+            "staged": self.staged,
             "paths": [p.to_dict() for p in self.paths],
             "join_tokens": self.join_tokens,
         }

@@ -23,6 +23,7 @@ from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
+from npr_engine.sched import staged
 from npr_engine.sched.batches import park
 from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
@@ -196,6 +197,7 @@ class Controller:
         to_fork: list[tuple[Seq, tuple[str, ...]]] = []
         to_extend: list[Seq] = []
         stepped: list[Seq] = []
+        to_stage: list[Seq] = []
         for req in list(batch.reqs):
             seq = seq_of(req)
             prev = req.__dict__.pop("_npr_prev_len", None)
@@ -208,6 +210,13 @@ class Controller:
                 del req.output_ids[prev:]  # sampled after the close tag: not part of the text
                 seq.phase = Phase.PARKED
                 to_park.append(seq)
+                continue
+            if seq.stage is not None:  # a staged join step (npr_engine/sched/staged.py)
+                seq.decoder.push(req.output_ids[prev:])
+                if req.finished():
+                    staged.abandon(self.forkjoin, seq)
+                else:
+                    to_stage.append(seq)
                 continue
             stepped.append(seq)
             if req.finished():
@@ -243,6 +252,8 @@ class Controller:
         for seq in extending:
             self.queue_extend(seq)
         self.forkjoin.join_ready([s.block for s in to_park])
+        for seq in to_stage:
+            staged.next_stage(self.forkjoin, batch, seq)
 
     def _separate(self, seq: Seq, plan_items: tuple[str, ...], to_extend: list[Seq]) -> None:
         """At a fork point: write the schema's separator, then fork (once it is written,

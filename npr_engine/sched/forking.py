@@ -16,7 +16,8 @@ from npr_engine.grammar import TagParser
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.kv import alias_prefix, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
-from npr_engine.sched.state import Block, Phase, Seq, Unit
+from npr_engine.sched import staged
+from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
 
 logger = logging.getLogger("npr_engine")
 
@@ -95,7 +96,8 @@ class ForkJoin:
         pool = self.scheduler.req_to_token_pool
         rows = pool.alloc_rows(width)
         alias_prefix(pool.req_to_token, parent.kv.req_pool_idx, rows, prefix_len)
-        block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len, uncommitted=uncommitted)
+        block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len, uncommitted=uncommitted,
+                      fork_len=len(parent.output_ids))
         for i, row in enumerate(rows, start=1):
             block.branches.append(self._make_branch(seq, block, i, row, ids[i - 1]))
         block_trace.paths = [b.path for b in block.branches]
@@ -207,6 +209,9 @@ class ForkJoin:
                 self.join(block)
 
     def join(self, block: Block) -> None:
+        if staged.applies(self, block):
+            staged.begin(self, block)
+            return
         seq, parent = block.parent, block.parent.req
         pool = self.scheduler.req_to_token_pool
         branches = [b.req for b in block.branches]
@@ -220,7 +225,7 @@ class ForkJoin:
         splice_branch_logprobs(parent, branches, fork_len)
         # Shared positions: the continuation starts after the longest branch, measured
         # to its close tag (a tail after it does not count, as in training).
-        next_pos = max(_close_len(b) - b.npr.pos_offset for b in branches)
+        next_pos = max(close_len(b) - b.npr.pos_offset for b in branches)
         seq.pos_offset = kv_len - next_pos
         if duplicates.numel():
             self.scheduler.token_to_kv_pool_allocator.free(duplicates)
@@ -232,17 +237,21 @@ class ForkJoin:
         # The joined token ids do not describe their KV positions: keep it out of the tree.
         parent.skip_radix_cache_insert = True
         seq.decoder.push(parent.output_ids[fork_len:])
+        self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
+                    freed=duplicates.tolist())
+        self.joined(seq, block)
+        self._resume(seq, block)
+        self.ctl.lifecycle.closed(seq.unit)
+
+    def joined(self, seq: Seq, block: Block) -> None:
+        """Bookkeeping once every branch's KV is in the parent's row."""
         seq.parser.on_join()
         seq.phase, seq.child = Phase.ACTIVE, None
         seq.unit.blocks_open -= 1
         seq.unit.joined = True
-        self.ctl.metrics.joined(sum(b.npr.path.tokens for b in branches))
-        self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
-                    freed=duplicates.tolist())
+        self.ctl.metrics.joined(sum(b.path.tokens for b in block.branches))
         if seq.is_branch:
             seq.path.tokens = seq.own_tokens()
-        self._resume(seq, block)
-        self.ctl.lifecycle.closed(seq.unit)
 
     def _resume(self, seq: Seq, block: Block) -> None:
         """Feed the join header and put the parent back in the running batch."""
@@ -251,7 +260,7 @@ class ForkJoin:
         block.trace.join_tokens = len(header)
         budget = seq.unit.root.req.sampling_params.max_new_tokens
         if not seq.is_branch and len(parent.output_ids) + len(header) >= budget:
-            self._finish_length(seq)
+            self.finish_length(seq)
             return
         if self.ctl.writes_at_once(seq):
             self.ctl.write(seq, header)
@@ -264,7 +273,7 @@ class ForkJoin:
         seq.parser.feed(seq.decoder.push([header[0]]))
         inject(self.scheduler, [parent], [header[0]])
 
-    def _finish_length(self, seq: Seq) -> None:
+    def finish_length(self, seq: Seq) -> None:
         """max_tokens ran out inside the block: finish now, close the block in the text."""
         parent = seq.req
         seq.unit.closing_text = seq.schema.join_header + seq.parser.closing_text()
@@ -278,15 +287,11 @@ class ForkJoin:
             self.ctl.debug_events.append({"event": event, **fields})
 
 
-def _close_len(branch) -> int:
-    seq = branch.npr
-    return seq.close_len if seq.close_len is not None else branch.kv.kv_committed_len
-
-
 def _subtree_tokens(seq: Seq) -> int:
     own = len(seq.req.output_ids) - seq.fork_out_len
     if seq.child is not None:
-        own += sum(_subtree_tokens(b) for b in seq.child.branches)
+        # A staged join has already moved its first branches into the parent.
+        own += sum(_subtree_tokens(b) for b in seq.child.branches[seq.child.spliced:])
     return own
 
 

@@ -72,7 +72,7 @@ class UnitLifecycle:
         for q in seqs:
             self.extends.discard(q)
         for branch in reversed(branches):  # children first: their rows alias their parents'
-            _free_branch(s, branch)
+            free_branch(s, branch)
         self.metrics.aborted_parked(sum(1 for q in seqs if q.child is not None))
         root = unit.root
         unit.blocks_open = 0
@@ -96,7 +96,7 @@ class UnitLifecycle:
         logger.info("NPR Engine: aborted unit %s (%d branches): %s", root.req.rid, len(branches), message)
 
 
-def _free_branch(scheduler, branch: Seq) -> None:
+def free_branch(scheduler, branch: Seq) -> None:
     kv = branch.req.kv
     if kv.req_pool_idx is None:
         return

@@ -76,7 +76,8 @@ def record_injected(ctl, batch, result, overrides: list[tuple[int, int]]) -> Non
     for i, token in overrides:
         req = batch.reqs[i]
         seq = seq_of(req)
-        _injected_list(seq).append(len(req.output_ids) - seq.fork_out_len)
+        if seq.stage is None:  # a staged join's step writes a path's own (recorded) first token
+            _injected_list(seq).append(len(req.output_ids) - seq.fork_out_len)
         if scoring and req.return_logprob:
             out.next_token_logprobs[i] = rescore(out, i, int(result.next_token_ids[i]), token)
     if scoring:
@@ -132,18 +133,19 @@ def _injected_list(seq: Seq) -> list[int]:
 # -- at the join ----------------------------------------------------------------------
 
 
-def splice_branch_logprobs(parent, branches: list, fork_len: int) -> None:
+def splice_branch_logprobs(parent, branches: list, fork_len: int, skip: int = 0) -> None:
     """Append each branch's entries to the parent's, in index order, as its ids were.
 
     A branch's entries line up with its own ids (`output_ids[fork_len:]`); the one it
     has past them is the token sampled after its close tag, dropped from its ids.
+    `skip`: leading own ids the parent already has (with their entries).
     """
     if not parent.return_logprob:
         return
     names = _kept_lists(parent)
     for branch in branches:
-        own = list(branch.output_ids[fork_len:])
-        entries = {name: list((getattr(branch.logprob, name) or [])[: len(own)]) for name in names}
+        own = list(branch.output_ids[fork_len:])[skip:]
+        entries = {name: list((getattr(branch.logprob, name) or [])[skip: skip + len(own)]) for name in names}
         for name in names:
             getattr(parent.logprob, name).extend(entries[name])
         for token in own[len(entries[_VAL]):]:  # never expected; keeps the alignment

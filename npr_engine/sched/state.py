@@ -61,6 +61,7 @@ class Seq:
     block_sep: int = 0  # separator tokens written at the pending fork point
     tailing: bool = False  # branch: close tag written, its tail being injected
     close_len: int | None = None  # branch: KV length through its close tag (join position)
+    stage: Block | None = None  # parent: the block its staged join is moving in (sched/staged.py)
 
     @property
     def is_branch(self) -> bool:
@@ -78,9 +79,17 @@ class Block:
     prefix_len: int  # L: slots shared by every branch (KV the parent had committed)
     uncommitted: int = 1  # parent tokens after L that every branch computes itself
     branches: list[Seq] = field(default_factory=list)
+    spliced: int = 0  # branches a staged join has moved into the parent (sched/staged.py)
+    fork_len: int = 0  # len(parent output ids) at the fork
 
     def all_parked(self) -> bool:
         return all(b.phase is Phase.PARKED for b in self.branches)
+
+
+def close_len(branch) -> int:
+    """A branch request's KV length through its close tag (its tail excluded)."""
+    seq = branch.npr
+    return seq.close_len if seq.close_len is not None else branch.kv.kv_committed_len
 
 
 def seq_of(req) -> Seq | None:

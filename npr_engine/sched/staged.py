@@ -1,0 +1,111 @@
+"""Staged join: each path's tail is computed after every path before it, as trained.
+
+Schemas with a ``branch_tail`` (NPR's and Multiverse's newline after ``</step>`` /
+``</Path>``) put text between paths that, in training, sees everything before it:
+prefix, path 1, its tail, ..., path j. A branch computes its tail in its own row,
+where it sees only the prefix and itself. So the join moves the paths in one at a
+time and recomputes each tail in the parent's row::
+
+  stage j:  parent row = | prefix | u | path 1 .. close | tail 1 | ... | path j .. close |
+            pending      = tail j (its KV computed by this decode step, at its trained
+                           position pos(close j) + 1)
+            next token   = path j+1's first token (its KV is in that branch's row), or
+                           after the last path the join header
+
+Each stage is one decode step of the parent beside every other running request: W
+steps per join instead of one. The step's logits score the next token, so a path's
+first token (j >= 2) and the join header are scored from the previous tail's row, as
+in training. Used when the tail is one token and the block has two paths or more;
+otherwise the tails keep their branch-row KV (README, known differences).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from npr_engine.sched.batches import inject, park
+from npr_engine.sched.lifecycle import free_branch
+from npr_engine.sched.logprobs import splice_branch_logprobs
+from npr_engine.sched.state import Block, Phase, Seq, close_len
+
+
+def applies(fj, block: Block) -> bool:
+    return len(block.branches) >= 2 and len(fj.ctl.tokens(block.parent.schema.branch_tail)) == 1
+
+
+def begin(fj, block: Block) -> None:
+    """All branches are parked: start stage 1."""
+    seq = block.parent
+    block.trace.staged = True
+    seq.phase, seq.stage = Phase.ACTIVE, block
+    seq.unit.joined = True  # the row will hold branch KV: never re-prefill it causally
+    _stage(fj, seq, block)
+
+
+def next_stage(fj, batch, seq: Seq) -> None:
+    """The stage step ran (its sampled token was replaced by the next path's first)."""
+    park(batch, [seq.req])
+    _stage(fj, seq, seq.stage)
+
+
+def abandon(fj, seq: Seq) -> None:
+    """The parent finished during a stage (a stop string, say): free what is left."""
+    block = seq.stage
+    for branch in block.branches[block.spliced:]:
+        free_branch(fj.scheduler, branch)
+    seq.stage, seq.child = None, None
+    seq.unit.blocks_open -= 1
+    fj.ctl.lifecycle.closed(seq.unit)
+
+
+def _stage(fj, seq: Seq, block: Block) -> None:
+    """Move path j = spliced + 1 into the parent, up to its close tag; its tail pends."""
+    parent, j = seq.req, block.spliced + 1
+    branch = block.branches[j - 1].req
+    pool, alloc = fj.scheduler.req_to_token_pool, fj.scheduler.token_to_kv_pool_allocator
+    start = block.prefix_len if j == 1 else block.prefix_len + block.uncommitted
+    close, row = close_len(branch), pool.req_to_token[branch.kv.req_pool_idx]
+    own = row[start:close]
+    end = parent.kv.kv_committed_len + own.numel()
+    pool.req_to_token[parent.kv.req_pool_idx, parent.kv.kv_committed_len:end] = own
+    # Branch j's copy of u (kept from branch 1 only) and its own tail's KV are stale.
+    stale = torch.cat([row[block.prefix_len:start], row[close:branch.kv.kv_committed_len]])
+    if stale.numel():
+        alloc.free(stale.clone())
+    pool.free_rows([branch.kv.req_pool_idx])
+    branch.kv.req_pool_idx = None
+    branch.kv.mark_kv_released()
+    tokens = list(branch.output_ids[block.fork_len:])
+    skip = 0 if j == 1 else 1  # the previous stage step wrote this path's first token
+    parent.output_ids.extend(tokens[skip:])
+    splice_branch_logprobs(parent, [branch], block.fork_len, skip)
+    seq.decoder.push(tokens[skip:])
+    parent.kv.kv_committed_len = parent.kv.kv_allocated_len = end
+    block.spliced = j
+    # The tail's trained position: right after its path's close tag.
+    seq.pos_offset = end - (close - branch.npr.pos_offset)
+    if j < len(block.branches):
+        seq.forced = deque([block.branches[j].req.output_ids[block.fork_len]])
+        inject(fj.scheduler, [parent], [tokens[-1]])
+        return
+    _last_stage(fj, seq, block, end, tokens[-1])
+
+
+def _last_stage(fj, seq: Seq, block: Block, end: int, tail: int) -> None:
+    """The last tail pends; the join header follows at pos(longest close) + 1."""
+    seq.stage = None  # its step is the join header's first: the normal path takes it
+    next_pos = max(close_len(b.req) - b.pos_offset for b in block.branches)
+    seq.pre_until, seq.pre_offset = end + 1, seq.pos_offset
+    seq.pos_offset = end + 1 - next_pos
+    fj.joined(seq, block)
+    header = fj.ctl.tokens(seq.schema.join_header)
+    block.trace.join_tokens = len(header)
+    budget = seq.unit.root.req.sampling_params.max_new_tokens
+    if not seq.is_branch and len(seq.req.output_ids) + len(header) >= budget:
+        fj.finish_length(seq)
+    else:
+        seq.forced = deque(header)
+        inject(fj.scheduler, [seq.req], [tail])
+    fj.ctl.lifecycle.closed(seq.unit)
