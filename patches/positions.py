@@ -6,8 +6,10 @@ extend. After a join the row holds prefix + every branch, but under the `shared`
 policy the continuation's position is the fork position plus the longest branch:
 subtract each request's offset here. A branch's first tokens (the parent's tokens it
 computes itself: the fork token, a schema's fork separator) keep the parent's offset;
-its header and everything after use its own (paths restart at pos(fork point) + 1). `seq_lens` stays the true KV length (attention reads every slot). The decode
-CUDA graph copies `forward_batch.positions`, so the offset survives graphs.
+its header and everything after use its own (paths restart at pos(fork point) + 1).
+A staged join (npr_engine/sched/staged.py) sets them for each tail it recomputes.
+`seq_lens` stays the true KV length (attention reads every slot). The decode CUDA graph
+copies `forward_batch.positions`, so the offset survives graphs.
 """
 
 from __future__ import annotations

@@ -260,6 +260,13 @@ def test_chat_reply_and_reasoning_split_keep_every_tag(tagged_server, tiny):
     message = reply["choices"][0]["message"]
     assert message["reasoning_content"] == "".join(NPR_BLOCKS)
     assert message["content"].strip() == "The answer is 4."
+    # Usage counts the tokens that went to reasoning_content (the blocks' tokens).
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny[0])
+    block_tokens = sum(len(tokenizer.encode(b, add_special_tokens=False)) for b in NPR_BLOCKS)
+    usage = reply["usage"]
+    assert usage["reasoning_tokens"] == usage["completion_tokens_details"]["reasoning_tokens"] == block_tokens
     plain = httpx.post(tagged_server.base_url + "/v1/chat/completions", timeout=120,
                        json={**body, "separate_reasoning": False}).json()
     assert plain["choices"][0]["message"]["content"] == NPR_TEXT
@@ -273,20 +280,28 @@ def test_streamed_chat_deltas_and_branch_deltas_concatenate_to_the_text(tagged_s
 
     body = {"model": "default", "messages": [{"role": "user", "content": "What is 3 + 4?"}], "stream": True,
             "separate_reasoning": False, **_script_fields(tiny[0], "npr")}
-    content, paths = "", {}
-    with httpx.stream("POST", tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120) as resp:
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-            content += (choice.get("delta") or {}).get("content") or ""
-            for d in choice.get("branch_deltas") or []:
-                paths[(d["block"], d["path"])] = paths.get((d["block"], d["path"]), "") + d["text"]
+    def stream(body: dict) -> tuple[str, str, dict]:
+        content, reasoning, paths = "", "", {}
+        with httpx.stream("POST", tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120) as resp:
+            for line in resp.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+                delta = choice.get("delta") or {}
+                content += delta.get("content") or ""
+                reasoning += delta.get("reasoning_content") or ""
+                for d in choice.get("branch_deltas") or []:
+                    paths[(d["block"], d["path"])] = paths.get((d["block"], d["path"]), "") + d["text"]
+        return content, reasoning, paths
+
+    content, _, paths = stream(body)
     assert content == NPR_TEXT
     assert len(paths) == sum(NPR_WIDTHS)
     assert paths[(0, 1)] == "<step>\n1: small cases give 4.\n</step>\n"
     assert paths[(1, 5)] == "<step>\n5: E.\n</step>\n"
     assert all(text in NPR_TEXT for text in paths.values())
+    content, reasoning, _ = stream({**body, "separate_reasoning": True})
+    assert reasoning == "".join(NPR_BLOCKS) and content.strip() == "The answer is 4."
     tagged_server.assert_kv_idle()
 
 
@@ -369,3 +384,39 @@ def test_what_the_fork_costs_against_the_training_mask_on_the_tiny_model(tiny):
     again = llm.generate(input_ids=prompt, sampling_params=sampling, custom_logit_processor=SparseScript().to_str())
     assert again["output_ids"] == out["output_ids"]
     assert_idle(llm)
+
+
+@pytest.mark.parametrize(("schema", "opening"), [
+    ("npr", "<guideline>\n<plan>1:</plan>\n<plan>2:</plan>\n</guideline>\n<step>\n1:"),
+    ("multiverse", "<Parallel>\n<Goal>\n<Outline>\n1:\n</Outline>\n<Outline>\n2:\n</Outline>\n</Goal>\n"
+                   "<Path>\n1:"),
+])
+def test_forced_block_opens_in_the_family_format(tiny, schema, opening):
+    """`force`: the engine writes the open text itself (Multiverse's with its <Goal>)."""
+    from tests.support.engine import assert_idle
+
+    _, llm = tiny
+    out = llm.generate("Q:", {"max_new_tokens": 40, "temperature": 0, "custom_params": {
+        "npr": {"schema": schema, "force": True, "paths": 2, "max_path_tokens": 8}}})
+    assert out["text"].startswith(opening), out["text"]
+    (block, *_) = out["meta_info"]["npr_trace"]["blocks"]
+    assert block["width"] == 2 and block["fallback"] is None and block["separator"] == 1
+    header_2 = {"npr": "<step>\n2:", "multiverse": "<Path>\n2:"}[schema]
+    assert header_2 in out["text"]
+    assert_idle(llm)
+
+
+def test_family_defaults_are_schema_data():
+    from npr_engine.core.options import NprOptions
+    from npr_engine.grammar import TagSchema, get_schema
+
+    assert NprOptions(schema="npr").max_depth == 1  # NPR never trained nested blocks
+    assert NprOptions(schema="multiverse").max_depth == 2
+    assert NprOptions(schema="npr", max_depth=2).max_depth == 2
+    npr = get_schema("npr")
+    assert npr.path_ids(("1: a", "2.1: b", "no id"), 4) == ["1", "2.1", "3", "4"]
+    # A user's JSON schema says the same things (lists become tuples, so it hashes).
+    mine = TagSchema.from_dict({**npr.to_dict(), "name": "mine", "keep_tokens": ["<x>"]})
+    assert mine.keep_tokens == ("<x>",) and mine.fork_separator == "\n" and {mine}
+    with pytest.raises(ValueError, match="forced_open"):
+        TagSchema.from_dict({**npr.to_dict(), "name": "bad", "forced_open": "<guideline>"})

@@ -46,22 +46,3 @@ def test_offline_engine_batch(engine):
     assert len(outputs) == 3
     assert all(o["text"] and o["meta_info"]["completion_tokens"] == 6 for o in outputs)
     wait_kv_idle(lambda: engine_kv_report(engine))
-
-
-def test_tiny_random_qwen3_serves(tmp_path_factory, default_model_dir):
-    from tests.support.server import ServerProcess, free_port
-    from tests.support.tiny_models import tiny_qwen3
-
-    model_dir = tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), default_model_dir)
-    proc = ServerProcess(["--model", str(model_dir), "--port", str(free_port()),
-                          "--dtype", "float32", "--max-total-tokens", "2048"])
-    proc.start()
-    try:
-        proc.wait_ready()
-        body = {"model": str(model_dir), "prompt": "Hello", "max_tokens": 5, "temperature": 0}
-        out = httpx.post(proc.base_url + "/v1/completions", json=body, timeout=60).json()
-        assert out["usage"]["completion_tokens"] == 5
-        assert out["choices"][0]["text"]
-        proc.assert_kv_idle()
-    finally:
-        proc.stop()

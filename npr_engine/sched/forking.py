@@ -10,13 +10,12 @@ from array import array
 from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
 from sglang.srt.mem_cache.common import release_kv_cache
 
-from npr_engine.core.detok import IncrementalDecoder
 from npr_engine.core.trace import PathTrace
 from npr_engine.grammar import TagParser
+from npr_engine.sched import staged
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.kv import alias_prefix, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
-from npr_engine.sched import staged
 from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
 
 logger = logging.getLogger("npr_engine")
@@ -131,7 +130,8 @@ class ForkJoin:
             return "depth"
         header_cost = max(len(self.ctl.tokens(seq.schema.header(i))) for i in ids)
         schema = seq.schema
-        per_branch = header_cost + len(self.ctl.tokens(schema.branch_close)) + len(self.ctl.tokens(schema.branch_tail)) + 2
+        ending = len(self.ctl.tokens(schema.branch_close)) + len(self.ctl.tokens(schema.branch_tail))
+        per_branch = header_cost + ending + 2
         need = width * per_branch + len(self.ctl.tokens(seq.schema.join_header))
         root = seq.unit.root.req
         left = root.sampling_params.max_new_tokens - self.unit_tokens(seq.unit) - self.closing_reserve(seq.unit)

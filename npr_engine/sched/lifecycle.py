@@ -78,7 +78,7 @@ class UnitLifecycle:
         unit.blocks_open = 0
         self.open_units.pop(id(unit), None)
         for q in seqs:
-            q.child = None
+            q.child, q.stage = None, None
             if q.path is not None and q.path.finish is None:
                 q.path.finish = "abort"
         if root.phase is Phase.FORKED or root.req not in (running.reqs if running is not None else ()):

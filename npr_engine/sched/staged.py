@@ -41,6 +41,8 @@ def begin(fj, block: Block) -> None:
     block.trace.staged = True
     seq.phase, seq.stage = Phase.ACTIVE, block
     seq.unit.joined = True  # the row will hold branch KV: never re-prefill it causally
+    # The joined token ids do not describe their KV positions: keep it out of the tree.
+    seq.req.skip_radix_cache_insert = True
     _stage(fj, seq, block)
 
 
@@ -52,10 +54,12 @@ def next_stage(fj, batch, seq: Seq) -> None:
 
 def abandon(fj, seq: Seq) -> None:
     """The parent finished during a stage (a stop string, say): free what is left."""
-    block = seq.stage
+    block, seq.stage = seq.stage, None
+    if seq.child is not block:
+        return  # the unit was aborted whole: lifecycle.abort freed everything
     for branch in block.branches[block.spliced:]:
         free_branch(fj.scheduler, branch)
-    seq.stage, seq.child = None, None
+    seq.child = None
     seq.unit.blocks_open -= 1
     fj.ctl.lifecycle.closed(seq.unit)
 

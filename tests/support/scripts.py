@@ -111,7 +111,8 @@ class ScriptBuilder:
             out += own
         out += self.inj(s.join_header) + self.enc(blk.summary)
         if blk.closed:
-            out += self.enc(s.join_close) + self.enc(blk.close_sep if s.block_close else "") + self.enc(s.block_close or "")
+            close = self.enc(blk.close_sep) + self.enc(s.block_close) if s.block_close else []
+            out += self.enc(s.join_close) + close
         return out
 
 
