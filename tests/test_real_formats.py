@@ -307,6 +307,8 @@ def test_streamed_chat_deltas_and_branch_deltas_concatenate_to_the_text(tagged_s
 
 @pytest.mark.parametrize("schema", ["npr", "multiverse"])
 def test_completions_and_generate_return_the_trained_text(tagged_server, tiny, schema):
+    import json
+
     import httpx
 
     fields = _script_fields(tiny[0], schema)
@@ -314,6 +316,13 @@ def test_completions_and_generate_return_the_trained_text(tagged_server, tiny, s
     done = httpx.post(base + "/v1/completions", json={"model": "default", "prompt": "Q:", **fields},
                       timeout=120).json()
     assert done["choices"][0]["text"] == SCRIPTS[schema][1]
+    streamed = ""
+    with httpx.stream("POST", base + "/v1/completions", timeout=120,
+                      json={"model": "default", "prompt": "Q:", "stream": True, **fields}) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                streamed += "".join(c.get("text") or "" for c in json.loads(line[6:]).get("choices") or [])
+    assert streamed == SCRIPTS[schema][1]
     sampling = {"max_new_tokens": fields["max_tokens"], "temperature": 0,
                 "custom_params": {**fields["custom_params"], "npr": fields["parallel"]}}
     native = httpx.post(base + "/generate", timeout=120, json={
