@@ -144,8 +144,15 @@ def run_sglang(args: argparse.Namespace, sglang_argv: list[str]) -> int:
     from sglang.srt.server_args import prepare_server_args
     from sglang.srt.utils import kill_process_tree
 
+    from npr_engine.compat import UnsupportedServerArgs
+
     load_plugins()
-    server_args = prepare_server_args(sglang_argv)
+    try:
+        server_args = prepare_server_args(sglang_argv)
+        server_args.resolve_once()
+    except UnsupportedServerArgs as exc:
+        print(f"npr-server: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     threading.Thread(target=_announce_when_ready, args=(args.host, args.port), daemon=True).start()
     try:
         run_server(server_args)

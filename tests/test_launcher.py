@@ -47,6 +47,18 @@ def test_unknown_schema():
     assert_one_line_error(run_launcher("--tag-schema", "nosuch"), "--tag-schema")
 
 
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--page-size", "16"], "NPR Engine needs --page-size 1"),
+    (["--skip-tokenizer-init"], "NPR Engine cannot run with --skip-tokenizer-init"),
+])
+def test_refused_sglang_flags_stop_startup_with_one_error_line(default_model_dir, flags, needle):
+    result = run_launcher("--model", str(default_model_dir), "--port", str(free_port()), *flags)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]  # after SGLang's own warnings
+    assert last.startswith(f"npr-server: error: {needle}"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_port_in_use(default_model_dir):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

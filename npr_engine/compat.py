@@ -1,0 +1,104 @@
+"""SGLang configurations NPR Engine refuses to start with, checked on resolved arguments.
+
+SGLang's argument resolution changes what the user passed (a backend's page size, a
+model's defaults), so the check runs on the resolved record (patches/server_args.py).
+Each entry names the flag, why fork/join cannot run under it yet, and what to use
+instead; a refused configuration never starts, so it can never answer wrongly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class UnsupportedServerArgs(ValueError):
+    """SGLang arguments NPR Engine cannot serve correctly."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    flag: str
+    refused: Callable[[object], bool]
+    why: str
+    instead: str
+
+    def message(self, args) -> str:
+        flag = self.flag.format(a=args, env=os.environ.get("SGLANG_RUST_SERVER", ""))
+        return f"NPR Engine cannot run with {flag}: {self.why}; {self.instead}"
+
+
+def _get(args, name: str, default=None):
+    return getattr(args, name, default)
+
+
+def _more_than_one(name: str) -> Callable[[object], bool]:
+    return lambda a: (_get(a, name) or 1) > 1
+
+
+_FP8 = ("fp8", "fp4", "int8", "int4")
+
+REFUSALS = (
+    Refusal("--page-size {a.page_size} (resolved for --attention-backend {a.attention_backend})",
+            lambda a: _get(a, "page_size", 1) not in (None, 1),
+            "branches share the parent's KV token by token, and with pages of several tokens "
+            "sibling branches would write into the same page",
+            "use an attention backend that runs with page size 1 (fa3 or triton on NVIDIA GPUs, "
+            "torch_native on CPU) and --page-size 1"),
+    Refusal("--speculative-algorithm {a.speculative_algorithm}", lambda a: bool(_get(a, "speculative_algorithm")),
+            "branches carry no draft state and fork/join reads one token per request per step",
+            "serve without speculative decoding"),
+    Refusal("--tp-size {a.tp_size}", _more_than_one("tp_size"),
+            "fork and join decisions read the sampled ids, which SGLang 0.5.23 does not keep identical "
+            "across tensor-parallel ranks", "serve one model copy per device (--dp-size or the router)"),
+    Refusal("--pp-size {a.pp_size}", _more_than_one("pp_size"),
+            "fork and join run at step boundaries of one scheduler", "use one device per model copy"),
+    Refusal("--dcp-size {a.dcp_size}", _more_than_one("dcp_size"),
+            "decode context parallelism scales the allocator's pages", "leave it at 1"),
+    Refusal("--attn-cp-size {a.attn_cp_size}", _more_than_one("attn_cp_size"),
+            "context-parallel attention splits a row NPR Engine aliases between branches", "leave it at 1"),
+    Refusal("--enable-dp-attention", lambda a: bool(_get(a, "enable_dp_attention")),
+            "branches are injected into one scheduler's batch, not DP-attention groups",
+            "use --dp-size without DP attention"),
+    Refusal("--disaggregation-mode {a.disaggregation_mode}",
+            lambda a: _get(a, "disaggregation_mode", "null") not in (None, "null"),
+            "a fork needs the prefill and decode KV in one pool", "serve prefill and decode together"),
+    Refusal("--skip-tokenizer-init", lambda a: bool(_get(a, "skip_tokenizer_init")),
+            "tags are found in the decoded text, which needs the tokenizer", "serve with the tokenizer"),
+    Refusal("--disable-radix-cache", lambda a: bool(_get(a, "disable_radix_cache")),
+            "a fork keeps the prompt alive through the parent's radix-tree lock",
+            "leave the radix cache on"),
+    Refusal("--enable-hierarchical-cache", lambda a: bool(_get(a, "enable_hierarchical_cache")),
+            "HiCache may move a parked parent's prefix to host memory while its branches read it",
+            "leave HiCache off"),
+    Refusal("--enable-mixed-chunk", lambda a: bool(_get(a, "enable_mixed_chunk")),
+            "mixed batches run decode rows as one-token extends, which the shared-position offsets "
+            "do not cover yet", "leave mixed chunking off (chunked prefill itself works)"),
+    Refusal("--enable-lora / --lora-paths", lambda a: bool(_get(a, "enable_lora") or _get(a, "lora_paths")),
+            "LoRA adapters are not tested with branches yet", "serve merged weights"),
+    Refusal("--enable-torch-compile", lambda a: bool(_get(a, "enable_torch_compile")),
+            "not tested with the shared-position offsets yet", "serve without torch.compile"),
+    Refusal("--kv-cache-dtype {a.kv_cache_dtype}",
+            lambda a: any(k in str(_get(a, "kv_cache_dtype", "auto")) for k in _FP8),
+            "quantized KV is not tested with branch KV and the npr_triton kernels yet",
+            "use --kv-cache-dtype auto"),
+    Refusal("--enable-priority-scheduling (with preemption)",
+            lambda a: bool(_get(a, "enable_priority_scheduling")) and not _get(a, "disable_priority_preemption"),
+            "preemption releases a request without the unit-aware retraction, so a branch could be "
+            "re-queued alone", "add --disable-priority-preemption"),
+    Refusal("SGLANG_RUST_SERVER={env}", lambda a: os.environ.get("SGLANG_RUST_SERVER", "") not in ("", "0"),
+            "NPR Engine's HTTP extensions (the parallel field, traces, branch deltas) live in the Python "
+            "server", "unset SGLANG_RUST_SERVER"),
+)
+
+
+def refusals(args) -> list[str]:
+    """Messages for every refused setting of resolved server arguments."""
+    return [r.message(args) for r in REFUSALS if r.refused(args)]
+
+
+def check_resolved(args) -> None:
+    problems = refusals(args)
+    if problems:
+        raise UnsupportedServerArgs(" | ".join(problems))

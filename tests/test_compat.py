@@ -1,0 +1,74 @@
+"""Configurations NPR Engine refuses at start-up (npr_engine/compat.py), on resolved
+arguments: each message names the flag, NPR Engine and what to use instead."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from npr_engine.compat import REFUSALS, UnsupportedServerArgs, check_resolved, refusals
+
+# What SGLang 0.5.23 resolves for the CPU profile (checked: no refusal).
+RESOLVED = dict(page_size=1, attention_backend="torch_native", speculative_algorithm=None, tp_size=1, pp_size=1,
+                dcp_size=1, attn_cp_size=1, enable_dp_attention=False, disaggregation_mode="null",
+                skip_tokenizer_init=False, disable_radix_cache=False, enable_hierarchical_cache=False,
+                enable_mixed_chunk=False, enable_lora=None, lora_paths=None, enable_torch_compile=False,
+                kv_cache_dtype="auto", enable_priority_scheduling=False, disable_priority_preemption=False)
+
+CASES = [
+    ({"page_size": 64, "attention_backend": "trtllm_mha"},
+     "--page-size 64 (resolved for --attention-backend trtllm_mha)"),
+    ({"speculative_algorithm": "STANDALONE"}, "--speculative-algorithm STANDALONE"),
+    ({"tp_size": 2}, "--tp-size 2"),
+    ({"pp_size": 2}, "--pp-size 2"),
+    ({"dcp_size": 2}, "--dcp-size 2"),
+    ({"attn_cp_size": 2}, "--attn-cp-size 2"),
+    ({"enable_dp_attention": True}, "--enable-dp-attention"),
+    ({"disaggregation_mode": "prefill"}, "--disaggregation-mode prefill"),
+    ({"skip_tokenizer_init": True}, "--skip-tokenizer-init"),
+    ({"disable_radix_cache": True}, "--disable-radix-cache"),
+    ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
+    ({"enable_mixed_chunk": True}, "--enable-mixed-chunk"),
+    ({"lora_paths": ["a=/x"]}, "--enable-lora / --lora-paths"),
+    ({"enable_torch_compile": True}, "--enable-torch-compile"),
+    ({"kv_cache_dtype": "fp8_e4m3"}, "--kv-cache-dtype fp8_e4m3"),
+    ({"enable_priority_scheduling": True}, "--enable-priority-scheduling (with preemption)"),
+]
+
+
+def test_the_resolved_cpu_profile_is_accepted():
+    assert refusals(SimpleNamespace(**RESOLVED)) == []
+    check_resolved(SimpleNamespace(**RESOLVED))
+
+
+@pytest.mark.parametrize(("change", "flag"), CASES, ids=[c[1].split()[0] for c in CASES])
+def test_each_refused_setting_names_its_flag_and_what_to_use(change, flag):
+    (message,) = refusals(SimpleNamespace(**{**RESOLVED, **change}))
+    assert message.startswith(f"NPR Engine cannot run with {flag}: ")
+    assert "; " in message  # ...: why; what to use instead
+    with pytest.raises(UnsupportedServerArgs, match="NPR Engine"):
+        check_resolved(SimpleNamespace(**{**RESOLVED, **change}))
+
+
+def test_every_refusal_has_a_case():
+    assert len(CASES) + 1 == len(REFUSALS)  # + SGLANG_RUST_SERVER, below
+
+
+def test_rust_server_env_is_refused(monkeypatch):
+    monkeypatch.setenv("SGLANG_RUST_SERVER", "1")
+    (message,) = refusals(SimpleNamespace(**RESOLVED))
+    assert message.startswith("NPR Engine cannot run with SGLANG_RUST_SERVER=1: ")
+
+
+def test_priority_scheduling_without_preemption_is_accepted():
+    args = SimpleNamespace(**{**RESOLVED, "enable_priority_scheduling": True, "disable_priority_preemption": True})
+    assert refusals(args) == []
+
+
+def test_offline_engine_raises_the_typed_error(default_model_dir):
+    import sglang
+
+    with pytest.raises(UnsupportedServerArgs, match="--disable-radix-cache"):
+        sglang.Engine(model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
+                      disable_cuda_graph=True, max_total_tokens=1024, disable_radix_cache=True, log_level="error")
