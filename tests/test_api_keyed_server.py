@@ -73,6 +73,18 @@ def test_right_key_is_served(keyed_server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "parallel.paths"
 
 
+def test_other_v1_errors_keep_sglang_bodies_behind_the_key(keyed_server):
+    # /v1/score is not a generation endpoint: stock SGLang's error body, not OpenAI's.
+    resp = httpx.post(keyed_server.base_url + "/v1/score", headers=AUTH, json={"query": 5}, timeout=30)
+    assert 400 <= resp.status_code < 500, resp.text
+    body = resp.json()
+    assert not isinstance(body.get("error"), dict), body
+    assert body.get("object") == "error" or "detail" in body, body
+    # ...while its 401 is OpenAI's, like every /v1/ path.
+    denied = httpx.post(keyed_server.base_url + "/v1/score", json={"query": 5}, timeout=30)
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+
+
 @pytest.mark.timeout(BUDGET_S + 120)
 def test_schemathesis_generation_endpoints_never_5xx(keyed_server):
     raw = httpx.get(keyed_server.base_url + "/openapi.json", headers=AUTH, timeout=30).json()

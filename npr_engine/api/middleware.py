@@ -50,8 +50,10 @@ class ParallelRequestMiddleware:
 
 
 class OpenAIErrorMiddleware:
-    """Gives error bodies under /v1/ OpenAI's shape; installed outside SGLang's API-key
-    middleware (patches/http_routes.py), whose 401 is {"error": "Unauthorized"}."""
+    """Gives the generation endpoints' error bodies OpenAI's shape, and every 401 under
+    /v1/ too: installed outside SGLang's API-key middleware (patches/http_routes.py),
+    whose 401 is {"error": "Unauthorized"}. Other /v1/ errors (`/v1/score`, say) keep
+    SGLang's own body, as stock SGLang answers them."""
 
     def __init__(self, app):
         self.app = app
@@ -60,7 +62,8 @@ class OpenAIErrorMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, ResponseRewriter(send, sse=False).send)
+        only = None if scope["path"] in OPENAI_GENERATION_PATHS else 401
+        await self.app(scope, receive, ResponseRewriter(send, sse=False, only_status=only).send)
 
 
 async def _read_body(receive) -> bytes | None:

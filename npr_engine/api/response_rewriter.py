@@ -8,9 +8,10 @@ from npr_engine.api.stream import SseRewriter
 
 
 class ResponseRewriter:
-    def __init__(self, send, sse: bool = True):
+    def __init__(self, send, sse: bool = True, only_status: int | None = None):
         self._send = send
         self._sse_enabled = sse
+        self._only_status = only_status  # rewrite only error bodies with this status
         self._mode = "pass"
         self._start: dict | None = None
         self._sse = SseRewriter()
@@ -30,7 +31,8 @@ class ResponseRewriter:
         ctype = dict(message.get("headers") or []).get(b"content-type", b"")
         if self._sse_enabled and ctype.startswith(b"text/event-stream"):
             self._mode = "sse"
-        elif message["status"] >= 400 and ctype.startswith(b"application/json"):
+        elif (message["status"] >= 400 and ctype.startswith(b"application/json")
+              and self._only_status in (None, message["status"])):
             self._mode, self._start = "error", message
             return None  # sent with the rewritten body
         return message
