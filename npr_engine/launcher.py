@@ -18,7 +18,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from npr_engine.profiles import PROFILES, default_profile, sglang_flags
+from npr_engine.profiles import PROFILES, default_profile, has_flag, sglang_flags
 
 EXIT_BAD_INPUT = 2
 
@@ -110,7 +110,23 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     check_port_free(args.host, args.port)
     sglang_argv = ["--model-path", str(model), "--host", args.host, "--port", str(args.port)]
     sglang_argv += sglang_flags(args.profile, model, passthrough)
+    sglang_argv += _default_model_name(model, passthrough)
     return args, sglang_argv
+
+
+def _default_model_name(model: Path, passthrough: list[str]) -> list[str]:
+    """The embedded default model is served as `SmolLM2-135M-Instruct`, not as its cache
+    path (clients and SGLang's router address it by that name); `--served-model-name`
+    wins, and every other model keeps SGLang's own name (its path)."""
+    from npr_engine.default_model import MODEL_NAME, DefaultModelError, default_model_dir
+
+    if has_flag(passthrough, "--served-model-name"):
+        return []
+    try:
+        is_default = model == default_model_dir().resolve()
+    except DefaultModelError:  # not installed: nothing to name
+        return []
+    return ["--served-model-name", MODEL_NAME] if is_default else []
 
 
 def _announce_when_ready(host: str, port: int) -> None:

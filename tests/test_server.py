@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 
@@ -20,7 +22,23 @@ def test_health_and_plugin_confirmed_by_scheduler(server):
 def test_models_lists_served_model(server, default_model_dir):
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="none")
     ids = [m.id for m in client.models.list().data]
-    assert str(default_model_dir) in ids
+    assert ids == ["SmolLM2-135M-Instruct"]  # the embedded model by its name, not its cache path
+
+
+def test_served_model_name_only_for_the_embedded_model(default_model_dir, tmp_path):
+    from npr_engine.launcher import prepare
+
+    def name(argv: list[str]) -> str | None:
+        _, sglang_argv = prepare(["--port", "0", *argv])
+        flags = [sglang_argv[i + 1] for i, a in enumerate(sglang_argv) if a == "--served-model-name"]
+        return flags[-1] if flags else None
+
+    assert name([]) == "SmolLM2-135M-Instruct"
+    assert name(["--model", str(default_model_dir)]) == "SmolLM2-135M-Instruct"
+    assert name(["--served-model-name", "mine"]) == "mine"
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                                                       "num_attention_heads": 4, "num_hidden_layers": 2}))
+    assert name(["--model", str(tmp_path)]) is None  # SGLang's own: the path
 
 
 def test_chat_completion_plain_and_streaming(server):
