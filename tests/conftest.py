@@ -78,10 +78,13 @@ def engine(default_model_dir):
         stop_engine(llm)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_dir):
     """(model dir, offline engine) of a tiny random Qwen3 whose tokenizer carries NPR's
-    and Multiverse's tags as special tokens, as the real models' tokenizers do."""
+    and Multiverse's tags as special tokens, as the real models' tokenizers do.
+
+    NOTE: module scope: an idle SGLang scheduler keeps polling (most of a core on these
+    machines), so an engine kept for the whole session slows every later module."""
     from tests.support.engine import start_engine, stop_engine
     from tests.support.tiny_models import tiny_qwen3
 
