@@ -429,3 +429,41 @@ def test_family_defaults_are_schema_data():
     assert mine.keep_tokens == ("<x>",) and mine.fork_separator == "\n" and {mine}
     with pytest.raises(ValueError, match="forced_open"):
         TagSchema.from_dict({**npr.to_dict(), "name": "bad", "forced_open": "<guideline>"})
+
+
+def test_a_block_past_max_depth_is_plain_text_with_the_same_kv(tiny):
+    """NPR trains no nesting (max_depth 1): a <guideline> inside a step is decoded as
+    plain text. The engine still writes the separator after its </guideline>; with one
+    extend step per written piece (no log-probs) and one token per step (log-probs) the
+    model must see the same context, so its own greedy choices agree, and the log-probs
+    match a dense forward over the exported view."""
+    from tests.support.engine import assert_idle
+    from tests.support.scripts import ScriptBuilder
+    from tests.support.sparse_script import SparseScript
+    from tests.test_export import LOGPROB_ATOL, dense_logprobs
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    inner = Blk(paths=[Pth([" inner step.\n"])], summary="\ninner takeaway.\n", plan=["1: Inner plan."],
+                open_text="\n<plan>1: Inner plan.</plan>\n", fallback=True)
+    after = " then the outer path goes on with words the model picks for itself.\n"
+    outer = Blk(paths=[Pth([" outer one.\n", inner, "\n" + after]), Pth([" outer two.\n"])],
+                summary="\nDone, and the takeaway goes on with more of the model's own words.\n",
+                plan=["1: First.", "2: Second."], open_text="\n<plan>1: First.</plan>\n<plan>2: Second.</plan>\n")
+    scripts = ScriptBuilder(tokenizer, "npr", sparse=True).build([outer, "\n\nAnswer."])
+    prompt = tokenizer.encode("Nest once.")
+    sampling = {"max_new_tokens": len(scripts[""]) + 8, "temperature": 0,
+                "custom_params": {"npr": {"schema": "npr"}, "script": scripts, "eos": tokenizer.eos_token_id}}
+    processor = SparseScript().to_str()
+    stepwise = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
+                            custom_logit_processor=processor)
+    blocks = stepwise["meta_info"]["npr_trace"]["blocks"]
+    assert [(b["depth"], b["width"], b["fallback"]) for b in blocks] == [(1, 2, None), (2, 1, "depth")]
+    at_once = llm.generate(input_ids=prompt, sampling_params=sampling, custom_logit_processor=processor)
+    assert at_once["output_ids"] == stepwise["output_ids"]
+    view = training_view(stepwise, prompt)
+    exact, _ = dense_logprobs(model_dir, view)
+    checked = [j for j, t in enumerate(scripts[""]) if t is None]
+    bad = [(j, view.logprobs[j], exact[j]) for j in checked if abs(view.logprobs[j] - exact[j]) > LOGPROB_ATOL]
+    assert not bad, (bad, stepwise["output_ids"])
+    assert_idle(llm)

@@ -261,6 +261,8 @@ class Controller:
         sep = self.tokens(seq.schema.fork_separator)
         if sep and self.writes_at_once(seq):
             self.write(seq, sep)
+            if seq not in to_extend:
+                to_extend.append(seq)  # a fork that falls back leaves it to an extend step
         elif sep:
             seq.forced.extend(sep)
         seq.pending_fork = plan_items

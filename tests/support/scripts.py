@@ -40,6 +40,7 @@ class Blk:
     plan: list[str] | None = None
     open_text: str | None = None
     close_sep: str = ""  # text between the join close and the block close
+    fallback: bool = False  # decoded as plain text (no fork): the model writes headers too
 
 
 class ScriptBuilder:
@@ -95,21 +96,22 @@ class ScriptBuilder:
                 for item in items:
                     out += self.enc(s.plan_open) + self.enc(item) + self.enc(s.plan_close)
             out += self.enc(s.fork_after)
-        out += self.inj(s.fork_separator)
+        out += self.inj(s.fork_separator)  # written by the engine, fork or no fork
+        engine = self.enc if blk.fallback else self.inj
         ids = s.path_ids(tuple(items), len(blk.paths))
         for i, path in enumerate(blk.paths, start=1):
             part = f"{k}:{i}" if k else str(i)  # the (k+1)-th block of this sequence
             sub = f"{chain}.{part}" if chain else part
-            own = self.inj(s.header(ids[i - 1])) + self._sequence(path.parts, sub, scripts)
+            own = engine(s.header(ids[i - 1])) + self._sequence(path.parts, sub, scripts)
             after = [None] if self.sparse else []  # the step after its end scores the next token
             if path.end == "close":
-                own += self.enc(s.branch_close) + self.inj(s.branch_tail)
+                own += self.enc(s.branch_close) + engine(s.branch_tail)
                 scripts[sub] = own + after
             else:  # EOS: the branch's script stops; the engine injects the close tag
                 scripts[sub] = own
-                own = own + self.inj(s.branch_close) + self.inj(s.branch_tail)
+                own = own + engine(s.branch_close) + engine(s.branch_tail)
             out += own
-        out += self.inj(s.join_header) + self.enc(blk.summary)
+        out += engine(s.join_header) + self.enc(blk.summary)
         if blk.closed:
             close = self.enc(blk.close_sep) + self.enc(s.block_close) if s.block_close else []
             out += self.enc(s.join_close) + close
