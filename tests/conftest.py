@@ -78,24 +78,29 @@ def engine(default_model_dir):
         stop_engine(llm)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir):
+    """A tiny random Qwen3 whose tokenizer carries NPR's and Multiverse's tags as special
+    tokens, as the real models' tokenizers do."""
+    from tests.support.tiny_models import tiny_qwen3
+
+    return tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-tags"), default_model_dir, seed=3, special_tags=True)
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_dir):
-    """(model dir, offline engine) of a tiny random Qwen3 whose tokenizer carries NPR's
-    and Multiverse's tags as special tokens, as the real models' tokenizers do.
+def tiny(tiny_model_dir):
+    """(model dir, offline engine) of `tiny_model_dir`.
 
     NOTE: module scope: an idle SGLang scheduler keeps polling (most of a core on these
     machines), so an engine kept for the whole session slows every later module."""
     from tests.support.engine import start_engine, stop_engine
-    from tests.support.tiny_models import tiny_qwen3
 
-    model_dir = tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-tags"), default_model_dir, seed=3,
-                           special_tags=True)
     llm = start_engine(
-        model_path=str(model_dir), device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
+        model_path=str(tiny_model_dir), device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
         dtype="float32", max_total_tokens=4096, enable_custom_logit_processor=True, random_seed=0,
         log_level="error",
     )
     try:
-        yield model_dir, llm
+        yield tiny_model_dir, llm
     finally:
         stop_engine(llm)

@@ -218,183 +218,6 @@ def test_positions_equal_training_and_visibility_differs_only_where_a_fork_must(
     assert_idle(llm)
 
 
-# -- over HTTP: chat, streamed chat, completions, /generate ------------------------------
-
-
-@pytest.fixture(scope="module")
-def tagged_server(tiny):
-    from tests.support.server import serving
-
-    model_dir, _ = tiny
-    with serving(model_dir, 4096, "--tag-schema", "npr") as proc:
-        yield proc
-
-
-def _script_fields(model_dir, schema: str, tail: str = "") -> dict:
-    """Request fields that make the model write the family's reply (then EOS)."""
-    from transformers import AutoTokenizer
-
-    from tests.support.scripted import ScriptedTags
-    from tests.support.scripts import ScriptBuilder
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    parts = SCRIPTS[schema][0]() + ([tail] if tail else [])
-    scripts = ScriptBuilder(tokenizer, schema).build(parts)
-    return {"custom_logit_processor": ScriptedTags().to_str(),
-            "custom_params": {"script": scripts, "eos": tokenizer.eos_token_id},
-            "parallel": {"schema": schema}, "max_tokens": len(scripts[""]) + 8, "temperature": 0}
-
-
-# What the npr reasoning split gives: whole blocks are reasoning, the rest content.
-NPR_BLOCKS = [NPR_TEXT[s:e + len("</takeaway>")] for s, e in
-              zip([i for i in range(len(NPR_TEXT)) if NPR_TEXT.startswith("<guideline>", i)],
-                  [i for i in range(len(NPR_TEXT)) if NPR_TEXT.startswith("</takeaway>", i)], strict=True)]
-
-
-def test_chat_reply_and_reasoning_split_keep_every_tag(tagged_server, tiny):
-    import httpx
-
-    body = {"model": "default", "messages": [{"role": "user", "content": "What is 3 + 4?"}],
-            **_script_fields(tiny[0], "npr")}
-    reply = httpx.post(tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120).json()
-    message = reply["choices"][0]["message"]
-    assert message["reasoning_content"] == "".join(NPR_BLOCKS)
-    assert message["content"].strip() == "The answer is 4."
-    # Usage counts the tokens that went to reasoning_content (the blocks' tokens).
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny[0])
-    block_tokens = sum(len(tokenizer.encode(b, add_special_tokens=False)) for b in NPR_BLOCKS)
-    usage = reply["usage"]
-    assert usage["reasoning_tokens"] == usage["completion_tokens_details"]["reasoning_tokens"] == block_tokens
-    plain = httpx.post(tagged_server.base_url + "/v1/chat/completions", timeout=120,
-                       json={**body, "separate_reasoning": False}).json()
-    assert plain["choices"][0]["message"]["content"] == NPR_TEXT
-    tagged_server.assert_kv_idle()
-
-
-def test_streamed_chat_deltas_and_branch_deltas_concatenate_to_the_text(tagged_server, tiny):
-    import json
-
-    import httpx
-
-    body = {"model": "default", "messages": [{"role": "user", "content": "What is 3 + 4?"}], "stream": True,
-            "separate_reasoning": False, **_script_fields(tiny[0], "npr")}
-    def stream(body: dict) -> tuple[str, str, dict]:
-        content, reasoning, paths = "", "", {}
-        with httpx.stream("POST", tagged_server.base_url + "/v1/chat/completions", json=body, timeout=120) as resp:
-            for line in resp.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-                delta = choice.get("delta") or {}
-                content += delta.get("content") or ""
-                reasoning += delta.get("reasoning_content") or ""
-                for d in choice.get("branch_deltas") or []:
-                    paths[(d["block"], d["path"])] = paths.get((d["block"], d["path"]), "") + d["text"]
-        return content, reasoning, paths
-
-    content, _, paths = stream(body)
-    assert content == NPR_TEXT
-    assert len(paths) == sum(NPR_WIDTHS)
-    assert paths[(0, 1)] == "<step>\n1: small cases give 4.\n</step>\n"
-    assert paths[(1, 5)] == "<step>\n5: E.\n</step>\n"
-    assert all(text in NPR_TEXT for text in paths.values())
-    content, reasoning, _ = stream({**body, "separate_reasoning": True})
-    assert reasoning == "".join(NPR_BLOCKS) and content.strip() == "The answer is 4."
-    tagged_server.assert_kv_idle()
-
-
-@pytest.mark.parametrize("schema", ["npr", "multiverse"])
-def test_completions_and_generate_return_the_trained_text(tagged_server, tiny, schema):
-    import json
-
-    import httpx
-
-    fields = _script_fields(tiny[0], schema)
-    base = tagged_server.base_url
-    done = httpx.post(base + "/v1/completions", json={"model": "default", "prompt": "Q:", **fields},
-                      timeout=120).json()
-    assert done["choices"][0]["text"] == SCRIPTS[schema][1]
-    streamed = ""
-    with httpx.stream("POST", base + "/v1/completions", timeout=120,
-                      json={"model": "default", "prompt": "Q:", "stream": True, **fields}) as resp:
-        for line in resp.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                streamed += "".join(c.get("text") or "" for c in json.loads(line[6:]).get("choices") or [])
-    assert streamed == SCRIPTS[schema][1]
-    sampling = {"max_new_tokens": fields["max_tokens"], "temperature": 0,
-                "custom_params": {**fields["custom_params"], "npr": fields["parallel"]}}
-    native = httpx.post(base + "/generate", timeout=120, json={
-        "text": "Q:", "sampling_params": sampling, "custom_logit_processor": fields["custom_logit_processor"]}).json()
-    assert native["text"] == SCRIPTS[schema][1]
-    tagged_server.assert_kv_idle()
-
-
-def test_other_special_tokens_follow_skip_special_tokens(tagged_server, tiny):
-    import httpx
-
-    fields = _script_fields(tiny[0], "npr", tail="<|im_start|>")
-    sampling = {"max_new_tokens": fields["max_tokens"], "temperature": 0,
-                "custom_params": {**fields["custom_params"], "npr": fields["parallel"]}}
-    texts = []
-    for skip in (True, False):
-        native = httpx.post(tagged_server.base_url + "/generate", timeout=120, json={
-            "text": "Q:", "sampling_params": {**sampling, "skip_special_tokens": skip},
-            "custom_logit_processor": fields["custom_logit_processor"]}).json()
-        texts.append(native["text"])
-    assert texts[0] == NPR_TEXT  # the chat marker is stripped, every tag kept
-    assert texts[1] == NPR_TEXT + "<|im_start|>"
-    tagged_server.assert_kv_idle()
-
-
-def test_what_the_fork_costs_against_the_training_mask_on_the_tiny_model(tiny):
-    """The engine against two dense forwards over its own flattened reply: with the
-    exported view (the engine's own attention: exact), and with the training rule's
-    positions and mask (what the families trained on). The second difference is what a
-    fork/join engine's remaining visibility differences cost; a tiny random model's
-    figure, not a real model's."""
-    from npr_engine.export import TrainingView
-    from tests.support.engine import assert_idle
-    from tests.support.scripts import ScriptBuilder
-    from tests.support.sparse_script import SparseScript
-    from tests.test_export import LOGPROB_ATOL, dense_logprobs
-
-    model_dir, llm = tiny
-    tokenizer = llm.tokenizer_manager.tokenizer
-    scripts = ScriptBuilder(tokenizer, "npr", sparse=True).build(npr_parts()[:3])
-    prompt = tokenizer.encode("What is 3 + 4? Think in parallel.")
-    sampling = {"max_new_tokens": len(scripts[""]) + 8, "temperature": 0,
-                "custom_params": {"npr": {"schema": "npr"}, "script": scripts, "eos": tokenizer.eos_token_id}}
-    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
-                       custom_logit_processor=SparseScript().to_str())
-    blocks = out["meta_info"]["npr_trace"]["blocks"]
-    assert [(b["width"], b["fallback"]) for b in blocks] == [(2, None), (5, None)], "the model broke the format"
-    view = training_view(out, prompt)
-    forced = [t is not None for t in scripts[""]] + [True]
-    checked = [j for j in range(view.output_len) if not forced[j] or view.injected[j]]
-    engine = view.logprobs
-    exact, _ = dense_logprobs(model_dir, view)
-    bad = [(j, out["output_ids"][j], engine[j], exact[j]) for j in checked if abs(engine[j] - exact[j]) > LOGPROB_ATOL]
-    assert not bad, (bad, out["output_ids"], blocks)
-
-    tag_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in FAMILY_TAGS["npr"]}
-    positions, spans = training_rule(view.input_ids, len(prompt), tag_ids, "npr")
-    n = len(view.input_ids)
-    visible = [tuple((k, k + 1) for k in range(q + 1) if training_visible(q, k, spans)) for q in range(n)]
-    trained = TrainingView(view.input_ids, positions, visible, view.prompt_len, view.logit_index, view.injected)
-    dense, _ = dense_logprobs(model_dir, trained)
-    worst = max(abs(engine[j] - dense[j]) for j in checked)
-    print(f"tiny model: {len(checked)} log-probs, max |engine - dense(training mask)| = {worst:.3g}, "
-          f"max |engine - dense(exported view)| = {max(abs(engine[j] - exact[j]) for j in checked):.3g}")
-    assert worst > LOGPROB_ATOL  # the differences are real (else the classification above is wrong)
-    # Without log-probs the engine writes its text in one extend step per piece: same
-    # positions and KV, so the model's own greedy choices are the same.
-    again = llm.generate(input_ids=prompt, sampling_params=sampling, custom_logit_processor=SparseScript().to_str())
-    assert again["output_ids"] == out["output_ids"]
-    assert_idle(llm)
-
-
 @pytest.mark.parametrize(("schema", "opening"), [
     ("npr", "<guideline>\n<plan>1:</plan>\n<plan>2:</plan>\n</guideline>\n<step>\n1:"),
     ("multiverse", "<Parallel>\n<Goal>\n<Outline>\n1:\n</Outline>\n<Outline>\n2:\n</Outline>\n</Goal>\n"
@@ -466,4 +289,51 @@ def test_a_block_past_max_depth_is_plain_text_with_the_same_kv(tiny):
     checked = [j for j, t in enumerate(scripts[""]) if t is None]
     bad = [(j, view.logprobs[j], exact[j]) for j in checked if abs(view.logprobs[j] - exact[j]) > LOGPROB_ATOL]
     assert not bad, (bad, stepwise["output_ids"])
+    assert_idle(llm)
+
+
+def test_what_the_fork_costs_against_the_training_mask_on_the_tiny_model(tiny):
+    """The engine against two dense forwards over its own flattened reply: with the
+    exported view (the engine's own attention: exact), and with the training rule's
+    positions and mask (what the families trained on). The second difference is what a
+    fork/join engine's remaining visibility differences cost; a tiny random model's
+    figure, not a real model's."""
+    from npr_engine.export import TrainingView
+    from tests.support.engine import assert_idle
+    from tests.support.scripts import ScriptBuilder
+    from tests.support.sparse_script import SparseScript
+    from tests.test_export import LOGPROB_ATOL, dense_logprobs
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    scripts = ScriptBuilder(tokenizer, "npr", sparse=True).build(npr_parts()[:3])
+    prompt = tokenizer.encode("What is 3 + 4? Think in parallel.")
+    sampling = {"max_new_tokens": len(scripts[""]) + 8, "temperature": 0,
+                "custom_params": {"npr": {"schema": "npr"}, "script": scripts, "eos": tokenizer.eos_token_id}}
+    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
+                       custom_logit_processor=SparseScript().to_str())
+    blocks = out["meta_info"]["npr_trace"]["blocks"]
+    assert [(b["width"], b["fallback"]) for b in blocks] == [(2, None), (5, None)], "the model broke the format"
+    view = training_view(out, prompt)
+    forced = [t is not None for t in scripts[""]] + [True]
+    checked = [j for j in range(view.output_len) if not forced[j] or view.injected[j]]
+    engine = view.logprobs
+    exact, _ = dense_logprobs(model_dir, view)
+    bad = [(j, out["output_ids"][j], engine[j], exact[j]) for j in checked if abs(engine[j] - exact[j]) > LOGPROB_ATOL]
+    assert not bad, (bad, out["output_ids"], blocks)
+
+    tag_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in FAMILY_TAGS["npr"]}
+    positions, spans = training_rule(view.input_ids, len(prompt), tag_ids, "npr")
+    n = len(view.input_ids)
+    visible = [tuple((k, k + 1) for k in range(q + 1) if training_visible(q, k, spans)) for q in range(n)]
+    trained = TrainingView(view.input_ids, positions, visible, view.prompt_len, view.logit_index, view.injected)
+    dense, _ = dense_logprobs(model_dir, trained)
+    worst = max(abs(engine[j] - dense[j]) for j in checked)
+    print(f"tiny model: {len(checked)} log-probs, max |engine - dense(training mask)| = {worst:.3g}, "
+          f"max |engine - dense(exported view)| = {max(abs(engine[j] - exact[j]) for j in checked):.3g}")
+    assert worst > LOGPROB_ATOL  # the differences are real (else the classification above is wrong)
+    # Without log-probs the engine writes its text in one extend step per piece: same
+    # positions and KV, so the model's own greedy choices are the same.
+    again = llm.generate(input_ids=prompt, sampling_params=sampling, custom_logit_processor=SparseScript().to_str())
+    assert again["output_ids"] == out["output_ids"]
     assert_idle(llm)
