@@ -17,6 +17,8 @@ def test_health_and_plugin_confirmed_by_scheduler(server):
     assert info["scheduler"]["active"] is True
     assert "after:sglang.srt.managers.scheduler.Scheduler.get_init_info" in info["scheduler"]["hooks"]
     assert set(info["schemas"]) >= {"parallel", "npr", "multiverse"}
+    # the CPU profile's scheduler sleeps when idle instead of polling a core
+    assert httpx.get(server.base_url + "/server_info", timeout=30).json()["sleep_on_idle"] is True
 
 
 def test_models_lists_served_model(server, default_model_dir):

@@ -26,9 +26,13 @@ def assert_idle(engine) -> dict:
 
 
 def start_engine(**kwargs):
-    """An sglang.Engine whose own subprocesses are remembered, for `stop_engine`."""
+    """An sglang.Engine whose own subprocesses are remembered, for `stop_engine`.
+
+    It sleeps when idle, as the CPU profile's servers do: a polling idle scheduler takes
+    a whole core, and the engines of a module stay up while other work runs."""
     import sglang
 
+    kwargs.setdefault("sleep_on_idle", True)
     before = _child_pids()
     llm = sglang.Engine(**kwargs)
     llm._npr_test_pids = _child_pids() - before
