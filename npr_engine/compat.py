@@ -102,3 +102,24 @@ def check_resolved(args) -> None:
     problems = refusals(args)
     if problems:
         raise UnsupportedServerArgs(" | ".join(problems))
+
+
+# Backends whose resolution sets a page size above 1 (SGLang 0.5.23 arg_groups/overrides.py:
+# trtllm_mha, trtllm_mla, cutedsl_mla and hpc_ops 64; fa4 and intel_xpu 128).
+PAGE_BOUND_BACKENDS = frozenset({"trtllm_mha", "trtllm_mla", "cutedsl_mla", "hpc_ops", "fa4", "intel_xpu"})
+
+# The default SGLang chose and the one NPR Engine runs instead, when it had to change it.
+backend_choice: dict[str, str] = {}
+
+
+def page_one_backend(stock: str, has_flashinfer: bool, model_config) -> str:
+    """A default attention backend that runs with page size 1, given SGLang's own default.
+
+    SGLang's default is kept unless it needs larger pages: on SM100 its MHA default is
+    trtllm_mha (fa4 for models with unequal K/V widths), which FlashInfer replaces where
+    it can serve the model and Triton elsewhere; on Hopper it is fa3, kept."""
+    if stock not in PAGE_BOUND_BACKENDS:
+        return stock
+    flashinfer_ok = (has_flashinfer and not getattr(model_config, "has_attention_sinks", False)
+                     and not getattr(model_config, "has_asymmetric_kv", False))
+    return "flashinfer" if flashinfer_ok else "triton"

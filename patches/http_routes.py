@@ -2,8 +2,8 @@
 `sglang.srt.utils.auth.add_api_key_middleware` (AFTER), SGLang 0.5.23.
 
 Adds our routes to SGLang's own FastAPI app before it starts serving:
-- `GET /npr/info`: our version, SGLang's version, active hooks, known schemas, and
-  what the scheduler reported at start-up;
+- `GET /npr/info`: our version, SGLang's version, active hooks, known schemas, the
+  attention backend and page size, and what the scheduler reported at start-up;
 - the `parallel` request field (npr_engine/api/middleware.py);
 - `/health` and `/health_generate` answer 503 until the scheduler's handshake says
   the plugin is active there (a server whose scheduler runs unpatched is not healthy).
@@ -34,8 +34,21 @@ def _scheduler_status() -> dict | None:
     return info.get("npr_plugin")
 
 
+def _attention() -> dict | None:
+    """The attention backend this server runs, and SGLang's default where we changed it."""
+    from sglang.srt.entrypoints import http_server
+
+    from npr_engine.compat import backend_choice
+
+    manager = getattr(getattr(http_server, "_global_state", None), "tokenizer_manager", None)
+    args = getattr(manager, "server_args", None)
+    if args is None:
+        return None
+    return {"backend": args.attention_backend, "page_size": args.page_size, **backend_choice}
+
+
 async def npr_info() -> JSONResponse:
-    return JSONResponse({**plugin_status(), "scheduler": _scheduler_status()})
+    return JSONResponse({**plugin_status(), "scheduler": _scheduler_status(), "attention": _attention()})
 
 
 async def _gate_health(request: Request, call_next):

@@ -72,3 +72,50 @@ def test_offline_engine_raises_the_typed_error(default_model_dir):
     with pytest.raises(UnsupportedServerArgs, match="--disable-radix-cache"):
         sglang.Engine(model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
                       disable_cuda_graph=True, max_total_tokens=1024, disable_radix_cache=True, log_level="error")
+
+
+def test_docker_base_image_is_the_pinned_sglang_release():
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    pinned = re.search(r"^SGLANG_VERSION=(\S+)$", (repo / "install.sh").read_text(), re.M).group(1)
+    (base,) = re.findall(r"^FROM (\S+)$", (repo / "Dockerfile").read_text(), re.M)
+    assert pinned == version("sglang") == "0.5.23"
+    assert base == f"lmsysorg/sglang:v{pinned}-cu130"  # the CUDA 13 build, named as SGLang tags it
+
+
+def _default_backend(platform: dict, use_mla: bool = False, **model) -> tuple[str, str]:
+    """(SGLang 0.5.23's own default, ours) for a Qwen3-like model on the given GPU."""
+    from sglang.srt.arg_groups import model_override_base
+    from sglang.srt.runtime_context import override_platform
+
+    from npr_engine.patches.server_args import page_one_default_backend
+
+    args = SimpleNamespace(speculative_eagle_topk=None, speculative_algorithm=None, page_size=1, tp_size=1)
+    config = SimpleNamespace(**{"hf_config": SimpleNamespace(architectures=["Qwen3ForCausalLM"]),
+                                "has_asymmetric_kv": False, "has_attention_sinks": False, **model})
+    stock = model_override_base.get_default_attn_backend
+    facts = {"is_hopper_with_cuda_12_3": False, "is_sm100": False, "is_hip": False, "has_flashinfer": True,
+             **platform}
+    with override_platform(**facts):
+        return stock(args, use_mla, config), page_one_default_backend(stock, args, use_mla, config)
+
+
+SM90, SM100, SM120 = {"is_hopper_with_cuda_12_3": True}, {"is_sm100": True}, {}
+
+
+@pytest.mark.parametrize(("platform", "use_mla", "model", "expected"), [
+    (SM90, False, {}, ("fa3", "fa3")),
+    (SM100, False, {}, ("trtllm_mha", "flashinfer")),
+    (SM100, False, {"has_asymmetric_kv": True}, ("fa4", "triton")),
+    ({**SM100, "has_flashinfer": False}, False, {}, ("trtllm_mha", "triton")),
+    (SM120, False, {}, ("flashinfer", "flashinfer")),
+    (SM100, True, {}, ("flashinfer", "flashinfer")),
+], ids=["sm90", "sm100", "sm100-asymmetric-kv", "sm100-no-flashinfer", "sm120", "sm100-mla"])
+def test_default_backend_has_page_size_one_on_every_generation(platform, use_mla, model, expected):
+    from npr_engine.compat import PAGE_BOUND_BACKENDS
+
+    assert _default_backend(platform, use_mla, **model) == expected
+    assert expected[1] not in PAGE_BOUND_BACKENDS

@@ -17,6 +17,7 @@ def test_health_and_plugin_confirmed_by_scheduler(server):
     assert info["scheduler"]["active"] is True
     assert "after:sglang.srt.managers.scheduler.Scheduler.get_init_info" in info["scheduler"]["hooks"]
     assert set(info["schemas"]) >= {"parallel", "npr", "multiverse"}
+    assert info["attention"] == {"backend": "torch_native", "page_size": 1}  # named by the CPU profile
     # the CPU profile's scheduler sleeps when idle instead of polling a core
     assert httpx.get(server.base_url + "/server_info", timeout=30).json()["sleep_on_idle"] is True
 

@@ -28,8 +28,9 @@ def free_port() -> int:
 class ServerProcess:
     """`server.py ARGS` in its own process group, logging to a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, command: list[str] | None = None):
         self.args = args
+        self.command = command or [sys.executable, str(REPO / "server.py")]
         self.port = int(args[args.index("--port") + 1])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
@@ -39,7 +40,7 @@ class ServerProcess:
     def start(self) -> None:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "server.py"), *self.args],
+            [*self.command, *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
 
@@ -101,6 +102,25 @@ def serving(model_dir, kv_tokens: int, *extra: str) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         ["--model", str(model_dir), "--port", str(free_port()), "--dtype", "float32",
          "--max-total-tokens", str(kv_tokens), "--enable-custom-logit-processor", *extra],
+    )
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def stock_serving(model_dir, kv_tokens: int) -> Iterator[ServerProcess]:
+    """Stock SGLang's own server, the plugin not loaded (SGLANG_PLUGINS names no plugin
+    of ours), with the CPU profile's flags, for tests that hold on both."""
+    proc = ServerProcess(
+        ["--model-path", str(model_dir), "--port", str(free_port()), "--dtype", "float32",
+         "--max-total-tokens", str(kv_tokens), "--enable-custom-logit-processor", "--device", "cpu",
+         "--attention-backend", "torch_native", "--disable-cuda-graph", "--sleep-on-idle"],
+        env={"SGLANG_PLUGINS": "none-of-ours", "SGLANG_USE_CPU_ENGINE": "1"},
+        command=[sys.executable, "-m", "sglang.launch_server"],
     )
     proc.start()
     try:
