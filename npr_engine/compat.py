@@ -72,9 +72,6 @@ REFUSALS = (
     Refusal("--enable-hierarchical-cache", lambda a: bool(_get(a, "enable_hierarchical_cache")),
             "HiCache may move a parked parent's prefix to host memory while its branches read it",
             "leave HiCache off"),
-    Refusal("--enable-mixed-chunk", lambda a: bool(_get(a, "enable_mixed_chunk")),
-            "mixed batches run decode rows as one-token extends, which the shared-position offsets "
-            "do not cover yet", "leave mixed chunking off (chunked prefill itself works)"),
     Refusal("--enable-lora / --lora-paths", lambda a: bool(_get(a, "enable_lora") or _get(a, "lora_paths")),
             "LoRA adapters are not tested with branches yet", "serve merged weights"),
     Refusal("--enable-torch-compile", lambda a: bool(_get(a, "enable_torch_compile")),

@@ -4,7 +4,8 @@ Adds the scheduler's KV accounting (`npr_kv`, see npr_engine/kv_report.py) to th
 internal state SGLang already serves through `/server_info` and
 `Engine.get_server_info()`, so tests and operators can prove nothing leaked, and what
 the `npr_triton` backend routed to the shared-prefix kernel (`npr_attn_routed`, see
-patches/attention_backend.py; zeros under other backends).
+patches/attention_backend.py; zeros under other backends), and how many rows had their
+positions shifted per forward mode (`npr_positions_shifted`, patches/positions.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from npr_engine.patches.attention_backend import ROUTED
+from npr_engine.patches.positions import SHIFTED
 
 from npr_engine.hooks import Hook, Kind
 from npr_engine.kv_report import kv_report
@@ -21,6 +23,7 @@ from npr_engine.sched.controller import controller_for
 def add_kv_report(result, scheduler, *args, **kwargs):
     result.internal_state["npr_kv"] = kv_report(scheduler)
     result.internal_state["npr_attn_routed"] = asdict(ROUTED)
+    result.internal_state["npr_positions_shifted"] = dict(SHIFTED)
     events = controller_for(scheduler).debug_events if scheduler.is_generation else None
     if events is not None:
         result.internal_state["npr_debug"] = list(events)

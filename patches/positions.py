@@ -10,9 +10,15 @@ its header and everything after use its own (paths restart at pos(fork point) + 
 A staged join (npr_engine/sched/staged.py) sets them for each tail it recomputes.
 `seq_lens` stays the true KV length (attention reads every slot). The decode CUDA graph
 copies `forward_batch.positions`, so the offset survives graphs.
+
+MIXED batches (`--enable-mixed-chunk`) are extends whose decode rows are one-token
+extends (prefix = seq_len - 1), so the extend rule covers them. `SHIFTED` counts the
+shifted rows per forward mode (internal state `npr_positions_shifted`).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
@@ -21,9 +27,12 @@ from npr_engine.hooks import Hook, Kind
 from npr_engine.sched.state import seq_of
 
 
+SHIFTED: Counter[str] = Counter()
+
+
 def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     mode = forward_batch.forward_mode
-    if not (mode.is_decode() or mode == ForwardMode.EXTEND):
+    if not (mode.is_decode() or mode in (ForwardMode.EXTEND, ForwardMode.MIXED)):
         return forward_batch
     seqs = [seq_of(req) for req in batch.reqs]
     if not any(s is not None and (s.pos_offset or s.pre_until) for s in seqs):
@@ -41,6 +50,7 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
                 shift += [_offset(s, i) for i in range(start, start + n)]
             else:
                 shift += [_offset(s, start)] * n
+    SHIFTED[mode.name.lower()] += sum(1 for s in seqs if s is not None and (s.pos_offset or s.pre_until))
     offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype)
     forward_batch.positions = forward_batch.positions - offsets.to(forward_batch.positions.device)
     return forward_batch

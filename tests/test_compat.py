@@ -29,7 +29,6 @@ CASES = [
     ({"skip_tokenizer_init": True}, "--skip-tokenizer-init"),
     ({"disable_radix_cache": True}, "--disable-radix-cache"),
     ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
-    ({"enable_mixed_chunk": True}, "--enable-mixed-chunk"),
     ({"lora_paths": ["a=/x"]}, "--enable-lora / --lora-paths"),
     ({"enable_torch_compile": True}, "--enable-torch-compile"),
     ({"kv_cache_dtype": "fp8_e4m3"}, "--kv-cache-dtype fp8_e4m3"),
