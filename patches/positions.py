@@ -26,7 +26,6 @@ from sglang.srt.model_executor.forward_batch_info import ForwardMode
 from npr_engine.hooks import Hook, Kind
 from npr_engine.sched.state import seq_of
 
-
 SHIFTED: Counter[str] = Counter()
 
 

@@ -87,10 +87,9 @@ def test_docker_base_image_is_the_pinned_sglang_release():
 
 def _default_backend(platform: dict, use_mla: bool = False, **model) -> tuple[str, str]:
     """(SGLang 0.5.23's own default, ours) for a Qwen3-like model on the given GPU."""
+    from npr_engine.patches.server_args import page_one_default_backend
     from sglang.srt.arg_groups import model_override_base
     from sglang.srt.runtime_context import override_platform
-
-    from npr_engine.patches.server_args import page_one_default_backend
 
     args = SimpleNamespace(speculative_eagle_topk=None, speculative_algorithm=None, page_size=1, tp_size=1)
     config = SimpleNamespace(**{"hf_config": SimpleNamespace(architectures=["Qwen3ForCausalLM"]),

@@ -73,7 +73,8 @@ def test_streamed_chat_with_logprobs(target, client, model):
             continue
         if not finished:
             assert choice.logprobs and len(choice.logprobs.content[0].top_logprobs) == 2
-        assert (isinstance(choice.delta.content, str) or isinstance(getattr(choice.delta, "reasoning_content", None), str)
+        reasoning = getattr(choice.delta, "reasoning_content", None)
+        assert (isinstance(choice.delta.content, str) or isinstance(reasoning, str)
                 or choice.delta.tool_calls or choice.finish_reason)
         entries += choice.logprobs.content if choice.logprobs else []
         text += choice.delta.content or ""
