@@ -3,6 +3,7 @@ arguments: each message names the flag, NPR Engine and what to use instead."""
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 import pytest
@@ -94,7 +95,8 @@ def _default_backend(platform: dict, use_mla: bool = False, **model) -> tuple[st
     args = SimpleNamespace(speculative_eagle_topk=None, speculative_algorithm=None, page_size=1, tp_size=1)
     config = SimpleNamespace(**{"hf_config": SimpleNamespace(architectures=["Qwen3ForCausalLM"]),
                                 "has_asymmetric_kv": False, "has_attention_sinks": False, **model})
-    stock = model_override_base.get_default_attn_backend
+    # SGLang's own function: the plugin may already have wrapped it in this process.
+    stock = inspect.unwrap(model_override_base.get_default_attn_backend)
     facts = {"is_hopper_with_cuda_12_3": False, "is_sm100": False, "is_hip": False, "has_flashinfer": True,
              **platform}
     with override_platform(**facts):
