@@ -29,6 +29,7 @@ HOOK_MODULES = (
     "attention_backend",
     "abort",
     "retraction",
+    "admission",
     "stop_strings",
     "reasoning",
     "invariants",

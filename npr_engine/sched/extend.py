@@ -14,7 +14,10 @@ any finished prefill.
     this step:                                 ^ extend input: u1 .. uk
 
 Every queued sequence of a step goes into one extend batch, so a fork or a join
-costs the other running requests a single forward step.
+costs the other running requests a single forward step. Sequences whose tokens do not
+fit in free (or evictable) KV wait, oldest first, while the running batch decodes and
+new requests are not admitted; a sequence that could not fit even in an empty pool is
+left to `too_big` (its unit is aborted, naming the pool size).
 """
 
 from __future__ import annotations
@@ -50,15 +53,39 @@ class ExtendQueue:
         return len(self.waiting)
 
     def take_batch(self) -> ScheduleBatch | None:
-        """The extend batch for every live queued sequence, or None."""
+        """The extend batch for the live queued sequences whose tokens fit in KV, or None
+        (then every live one still waits)."""
         seqs, self.waiting = self.waiting, []
         live = [s for s in seqs if _alive(s)]
         for seq in seqs:
             if seq not in live:
                 self.done(seq)
-        if not live:
+        room = _free_kv(self.scheduler)
+        fits = []
+        for seq in live:
+            need = extend_tokens(seq.req)
+            if need > room:
+                self.waiting = live[len(fits):]  # oldest first: no one overtakes
+                break
+            fits.append(seq)
+            room -= need
+        if not fits:
             return None
-        return build_extend_batch(self.scheduler, [s.req for s in live])
+        return build_extend_batch(self.scheduler, [s.req for s in fits])
+
+    def too_big(self) -> list[Seq]:
+        """Waiting sequences that would not fit even if every other slot were free."""
+        total = self.scheduler.token_to_kv_pool_allocator.size
+        return [s for s in self.waiting if extend_tokens(s.req) > total]
+
+
+def extend_tokens(req) -> int:
+    """Tokens of the request without KV yet: what its extend step computes."""
+    return len(req.origin_input_ids) + len(req.output_ids) - req.kv.kv_committed_len
+
+
+def _free_kv(scheduler) -> int:
+    return scheduler.token_to_kv_pool_allocator.available_size() + scheduler.tree_cache.evictable_size()
 
 
 def _alive(seq: Seq) -> bool:
