@@ -49,9 +49,6 @@ REFUSALS = (
     Refusal("--speculative-algorithm {a.speculative_algorithm}", lambda a: bool(_get(a, "speculative_algorithm")),
             "branches carry no draft state and fork/join reads one token per request per step",
             "serve without speculative decoding"),
-    Refusal("--tp-size {a.tp_size}", _more_than_one("tp_size"),
-            "fork and join decisions read the sampled ids, which SGLang 0.5.23 does not keep identical "
-            "across tensor-parallel ranks", "serve one model copy per device (--dp-size or the router)"),
     Refusal("--pp-size {a.pp_size}", _more_than_one("pp_size"),
             "fork and join run at step boundaries of one scheduler", "use one device per model copy"),
     Refusal("--dcp-size {a.dcp_size}", _more_than_one("dcp_size"),

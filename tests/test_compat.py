@@ -21,7 +21,6 @@ CASES = [
     ({"page_size": 64, "attention_backend": "trtllm_mha"},
      "--page-size 64 (resolved for --attention-backend trtllm_mha)"),
     ({"speculative_algorithm": "STANDALONE"}, "--speculative-algorithm STANDALONE"),
-    ({"tp_size": 2}, "--tp-size 2"),
     ({"pp_size": 2}, "--pp-size 2"),
     ({"dcp_size": 2}, "--dcp-size 2"),
     ({"attn_cp_size": 2}, "--attn-cp-size 2"),

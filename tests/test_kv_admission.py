@@ -9,8 +9,8 @@ import inspect
 from types import SimpleNamespace
 
 import pytest
-
 from npr_engine.patches.admission import unit_share
+
 from npr_engine.sched.state import Phase
 from tests.support.engine import assert_idle, forced, params, start_engine, stop_engine
 

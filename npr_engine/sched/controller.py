@@ -14,7 +14,7 @@ import logging
 import os
 from collections import deque
 
-from sglang.srt.runtime_context import get_observability
+from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder
@@ -37,6 +37,18 @@ logger = logging.getLogger("npr_engine")
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
 
 
+def _sync_sampled_ids_across_tp() -> None:
+    """Every tensor-parallel rank runs this controller on its own copy of the batch, and
+    every fork, join and injected token follows from the sampled ids: they must be the
+    same on every rank. SGLang 0.5.23 all-reduces them only with SYNC_TOKEN_IDS_ACROSS_TP
+    (read into a module global at import) or grammars; the global is read at each step."""
+    from sglang.srt.layers import sampler
+
+    if not sampler.SYNC_TOKEN_IDS_ACROSS_TP:
+        logger.info("NPR Engine: sampled token ids synchronised across tensor-parallel ranks")
+        sampler.SYNC_TOKEN_IDS_ACROSS_TP = True
+
+
 class Controller:
     def __init__(self, scheduler):
         self.scheduler = scheduler
@@ -45,7 +57,10 @@ class Controller:
         self._token_cache: dict[str, list[int]] = {}
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
-        self.metrics = NprMetrics(bool(get_observability().enable_metrics))
+        # Counted once per model copy, as SGLang counts its own (tensor-parallel rank 0).
+        self.metrics = NprMetrics(bool(get_observability().enable_metrics) and get_parallel().attn_tp_rank == 0)
+        if get_parallel().tp_size > 1:
+            _sync_sampled_ids_across_tp()
         self.extends = ExtendQueue(scheduler)
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)

@@ -97,11 +97,12 @@ def engine_kv_report(engine) -> dict:
 
 
 @contextmanager
-def serving(model_dir, kv_tokens: int, *extra: str) -> Iterator[ServerProcess]:
+def serving(model_dir, kv_tokens: int, *extra: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """server.py on a free port (float32, custom logit processors on), ready, then stopped."""
     proc = ServerProcess(
         ["--model", str(model_dir), "--port", str(free_port()), "--dtype", "float32",
          "--max-total-tokens", str(kv_tokens), "--enable-custom-logit-processor", *extra],
+        env=env,
     )
     proc.start()
     try:
