@@ -148,6 +148,7 @@ class Controller:
         if result.copy_done is not None:
             result.copy_done.synchronize()
         overrides: list[tuple[int, int]] = []
+        sampled: list[int] | None = None  # read from the device once per step, when needed
         for i, req in enumerate(batch.reqs):
             if not self._commits_token(batch, req):
                 continue
@@ -155,7 +156,9 @@ class Controller:
             req._npr_prev_len = len(req.output_ids)
             if seq is None:
                 continue
-            token = self._injected_token(seq, int(result.next_token_ids[i]))
+            if sampled is None:
+                sampled = result.next_token_ids.tolist()
+            token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
         record_injected(self, batch, result, overrides)  # trace offsets, log-probs (before ids change)
