@@ -104,6 +104,12 @@ def serving(model_dir, kv_tokens: int, *extra: str, env: dict[str, str] | None =
          "--max-total-tokens", str(kv_tokens), "--enable-custom-logit-processor", *extra],
         env=env,
     )
+    with _running(proc):
+        yield proc
+
+
+@contextmanager
+def _running(proc: ServerProcess) -> Iterator[ServerProcess]:
     proc.start()
     try:
         proc.wait_ready()
@@ -123,9 +129,5 @@ def stock_serving(model_dir, kv_tokens: int) -> Iterator[ServerProcess]:
         env={"SGLANG_PLUGINS": "none-of-ours", "SGLANG_USE_CPU_ENGINE": "1"},
         command=[sys.executable, "-m", "sglang.launch_server"],
     )
-    proc.start()
-    try:
-        proc.wait_ready()
+    with _running(proc):
         yield proc
-    finally:
-        proc.stop()
