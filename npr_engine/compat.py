@@ -8,9 +8,11 @@ instead; a refused configuration never starts, so it can never answer wrongly.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class UnsupportedServerArgs(ValueError):
@@ -88,8 +90,45 @@ REFUSALS = (
 
 
 def refusals(args) -> list[str]:
-    """Messages for every refused setting of resolved server arguments."""
-    return [r.message(args) for r in REFUSALS if r.refused(args)]
+    """Messages for every refused setting of resolved server arguments (and model kind)."""
+    return [r.message(args) for r in REFUSALS if r.refused(args)] + model_refusals(_get(args, "model_path"))
+
+
+# Architectures with recurrent (Mamba-style or linear-attention) layers, by name.
+_RECURRENT_ARCHS = ("Mamba", "Jamba", "FalconH1", "NemotronH", "Qwen3Next", "Lfm2", "Zamba", "Plamo2",
+                    "GraniteMoeHybrid", "KimiLinear", "MiniMaxText01")
+_ATTENTION_LAYERS = {"full_attention", "sliding_attention", "attention"}
+
+
+def model_refusals(model_path) -> list[str]:
+    """Model kinds fork/join cannot serve yet, read from a local model folder's config.json
+    (a hub id is not read here: SGLang resolves it later)."""
+    if not model_path:
+        return []
+    path = Path(str(model_path)) / "config.json"
+    if not path.is_file():
+        return []
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []  # SGLang reports an unreadable config itself
+    text = config.get("text_config") or config
+    archs = [str(a) for a in config.get("architectures") or []]
+    problems = []
+    rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+    if isinstance(rope, dict) and "mrope_section" in rope:
+        problems.append(
+            f"NPR Engine cannot run with this model ({', '.join(archs) or 'MRoPE'}: multimodal rotary "
+            "positions): branch positions are shifted on the 1-D positions only, not on mrope_positions; "
+            "serve a text model with standard RoPE")
+    layer_types = set(text.get("layer_types") or [])
+    if (any(k in a for a in archs for k in _RECURRENT_ARCHS) or "hybrid_override_pattern" in text
+            or layer_types - _ATTENTION_LAYERS):
+        problems.append(
+            f"NPR Engine cannot run with this model ({', '.join(archs) or 'hybrid'}: recurrent or "
+            "linear-attention layers): a branch row would get no copy of the parent's recurrent "
+            "state; serve a model whose every layer is attention")
+    return problems
 
 
 def check_resolved(args) -> None:

@@ -118,3 +118,26 @@ def test_default_backend_has_page_size_one_on_every_generation(platform, use_mla
 
     assert _default_backend(platform, use_mla, **model) == expected
     assert expected[1] not in PAGE_BOUND_BACKENDS
+
+
+@pytest.mark.parametrize(("config", "refused"), [
+    ({"architectures": ["Qwen3ForCausalLM"], "rope_scaling": None}, None),
+    ({"architectures": ["Gemma3ForCausalLM"], "layer_types": ["sliding_attention", "full_attention"]}, None),
+    ({"architectures": ["Qwen2_5_VLForConditionalGeneration"],
+      "text_config": {"rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}}, "mrope_positions"),
+    ({"architectures": ["Qwen3NextForCausalLM"]}, "recurrent state"),
+    ({"architectures": ["NemotronHForCausalLM"], "hybrid_override_pattern": "M-M*"}, "recurrent state"),
+    ({"architectures": ["SomeHybrid"], "layer_types": ["linear_attention", "full_attention"]}, "recurrent state"),
+], ids=["qwen3", "sliding-window", "mrope", "qwen3-next", "nemotron-h", "linear-attention"])
+def test_model_kinds_fork_join_cannot_serve_are_refused(tmp_path, config, refused):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = SimpleNamespace(**{**RESOLVED, "model_path": str(tmp_path)})
+    problems = refusals(args)
+    if refused is None:
+        assert problems == []
+    else:
+        (message,) = problems
+        assert message.startswith("NPR Engine cannot run with this model (") and refused in message
+        assert config["architectures"][0] in message
