@@ -30,6 +30,7 @@ HOOK_MODULES = (
     "abort",
     "retraction",
     "admission",
+    "radix_insert",
     "stop_strings",
     "reasoning",
     "invariants",

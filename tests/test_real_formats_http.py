@@ -16,11 +16,11 @@ from tests.test_real_formats import NPR_TEXT, NPR_WIDTHS, SCRIPTS
 def tagged_server(tiny_model_dir):
     from tests.support.server import serving
 
-    with serving(tiny_model_dir, 4096, "--tag-schema", "npr") as proc:
+    with serving(tiny_model_dir, 4096, "--tag-schema", "npr", "--enable-cache-report") as proc:
         yield proc
 
 
-def _script_fields(model_dir, schema: str, tail: str = "") -> dict:
+def _script_fields(model_dir, schema: str, tail: str = "", head: str = "") -> dict:
     """Request fields that make the model write the family's reply (then EOS)."""
     from transformers import AutoTokenizer
 
@@ -28,7 +28,7 @@ def _script_fields(model_dir, schema: str, tail: str = "") -> dict:
     from tests.support.scripts import ScriptBuilder
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    parts = SCRIPTS[schema][0]() + ([tail] if tail else [])
+    parts = ([head] if head else []) + SCRIPTS[schema][0]() + ([tail] if tail else [])
     scripts = ScriptBuilder(tokenizer, schema).build(parts)
     return {"custom_logit_processor": ScriptedTags().to_str(),
             "custom_params": {"script": scripts, "eos": tokenizer.eos_token_id},
@@ -135,4 +135,29 @@ def test_other_special_tokens_follow_skip_special_tokens(tagged_server, tiny_mod
         texts.append(native["text"])
     assert texts[0] == NPR_TEXT  # the chat marker is stripped, every tag kept
     assert texts[1] == NPR_TEXT + "<|im_start|>"
+    tagged_server.assert_kv_idle()
+
+
+def test_second_turn_hits_the_cache_for_the_reply_before_its_first_fork(tagged_server, tiny_model_dir):
+    """Multi-turn: the causal part of a finished reply (up to its first fork) stays in the
+    radix tree, so a client that sends the reply back gets it from the cache."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    head, prompt = "First, a plan.\n", "Q: what is 3 + 4?\nA:"
+    fields = _script_fields(tiny_model_dir, "npr", head=head)
+    first = httpx.post(tagged_server.base_url + "/v1/completions", timeout=120,
+                       json={"model": "default", "prompt": prompt, **fields}).json()
+    reply = first["choices"][0]["text"]
+    assert reply == head + NPR_TEXT
+    second = httpx.post(tagged_server.base_url + "/v1/completions", timeout=120,
+                        json={"model": "default", "prompt": prompt + reply, "max_tokens": 1}).json()
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    # The first fork is at NPR's first `</guideline>`: its token had no KV yet.
+    before_fork = reply[: reply.index("</guideline>")]
+    expected = len(tokenizer.encode(prompt + before_fork, add_special_tokens=False))
+    assert len(tokenizer.encode(prompt, add_special_tokens=False)) + 10 < expected <= cached, (expected, cached)
+    # ...and nothing after it: the joined paths never saw each other, unlike a causal prefill.
+    assert cached < expected + 3
     tagged_server.assert_kv_idle()

@@ -89,6 +89,8 @@ class ForkJoin:
             return
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
+        if not seq.is_branch and seq.unit.causal_len is None:
+            seq.unit.causal_len = prefix_len
         # Parent tokens without KV: the fork token, or a whole forced block open.
         uncommitted = len(parent.origin_input_ids) + len(parent.output_ids) - prefix_len
         assert uncommitted >= 1, "not at a step boundary"

@@ -33,6 +33,9 @@ class Unit:
     closing_text: str = ""  # appended to the returned text, never to the KV
     joined: bool = False  # the root row holds joined branch KV (never re-prefill it)
     extending: int = 0  # members waiting in the extend queue (npr_engine/sched/extend.py)
+    # The root's KV length at its first fork: [0, causal_len) was computed causally, so a
+    # finished reply may leave it in the radix tree (patches/radix_insert.py).
+    causal_len: int | None = None
 
 
 @dataclass
