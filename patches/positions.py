@@ -34,7 +34,8 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     if not (mode.is_decode() or mode in (ForwardMode.EXTEND, ForwardMode.MIXED)):
         return forward_batch
     seqs = [seq_of(req) for req in batch.reqs]
-    if not any(s is not None and (s.pos_offset or s.pre_until) for s in seqs):
+    shifted = sum(1 for s in seqs if s is not None and (s.pos_offset or s.pre_until))
+    if not shifted:
         return forward_batch
     if mode.is_decode():
         # The token computed is at kv index seq_len - 1 (its stock position).
@@ -49,7 +50,7 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
                 shift += [_offset(s, i) for i in range(start, start + n)]
             else:
                 shift += [_offset(s, start)] * n
-    SHIFTED[mode.name.lower()] += sum(1 for s in seqs if s is not None and (s.pos_offset or s.pre_until))
+    SHIFTED[mode.name.lower()] += shifted
     offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype)
     forward_batch.positions = forward_batch.positions - offsets.to(forward_batch.positions.device)
     return forward_batch

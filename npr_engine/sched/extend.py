@@ -60,7 +60,7 @@ class ExtendQueue:
         for seq in seqs:
             if seq not in live:
                 self.done(seq)
-        room = _free_kv(self.scheduler)
+        room = free_kv_tokens(self.scheduler)
         fits = []
         for seq in live:
             need = extend_tokens(seq.req)
@@ -84,7 +84,8 @@ def extend_tokens(req) -> int:
     return len(req.origin_input_ids) + len(req.output_ids) - req.kv.kv_committed_len
 
 
-def _free_kv(scheduler) -> int:
+def free_kv_tokens(scheduler) -> int:
+    """KV slots an allocation can get now: free ones plus what the radix tree can evict."""
     return scheduler.token_to_kv_pool_allocator.available_size() + scheduler.tree_cache.evictable_size()
 
 

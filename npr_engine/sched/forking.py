@@ -14,6 +14,7 @@ from npr_engine.core.trace import PathTrace
 from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
 from npr_engine.sched.batches import inject, park
+from npr_engine.sched.extend import extend_tokens, free_kv_tokens
 from npr_engine.sched.kv import alias_prefix, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
 from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
@@ -92,7 +93,7 @@ class ForkJoin:
         if not seq.is_branch and seq.unit.causal_len is None:
             seq.unit.causal_len = prefix_len
         # Parent tokens without KV: the fork token, or a whole forced block open.
-        uncommitted = len(parent.origin_input_ids) + len(parent.output_ids) - prefix_len
+        uncommitted = extend_tokens(parent)
         assert uncommitted >= 1, "not at a step boundary"
         pool = self.scheduler.req_to_token_pool
         rows = pool.alloc_rows(width)
@@ -140,8 +141,7 @@ class ForkJoin:
         if left < need:
             return "max_tokens"
         s = self.scheduler
-        free_kv = s.token_to_kv_pool_allocator.available_size() + s.tree_cache.evictable_size()
-        if free_kv < width * per_branch * 2:
+        if free_kv_tokens(s) < width * per_branch * 2:
             return "kv_slots"
         running = len(s.running_batch.reqs) if s.running_batch else 0
         if s.req_to_token_pool.available_size() < width or running + width - 1 > s.max_running_requests:
