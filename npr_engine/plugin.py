@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from npr_engine import host_clock
 from npr_engine.hooks import Hook, HookInstallError, Kind, install
 from npr_engine.info import mark_active
 
@@ -26,6 +27,9 @@ def hooks_to_install() -> list[Hook]:
     hooks = all_hooks()
     if os.environ.get(SELFTEST_BROKEN_HOOK_ENV) == "1":
         hooks.append(Hook("sglang.srt.managers.scheduler.Scheduler.npr_no_such_method", Kind.AFTER, print))
+    if host_clock.enabled():
+        # Registered last: the stock brackets wrap outermost, around our own hooks.
+        hooks = [host_clock.timed_hook(h) for h in hooks] + host_clock.profile_hooks()
     return hooks
 
 

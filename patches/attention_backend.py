@@ -2,8 +2,9 @@
 
 Hook: `sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new` (AFTER)
 tags each decode ForwardBatch with its rows' sibling info (`npr_rows`, from `req.npr`;
-None when no row is a branch). The positions hook wraps the same target; the two set
-different fields, so their order does not matter.
+None when no row is a branch, or when this process built no `npr_triton` backend). The
+positions hook wraps the same target; the two set different fields, so their order does
+not matter.
 
 Hook: `sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch` (AFTER)
 carries `npr_rows` into the ForwardBatch the eager runner actually runs: load_batch
@@ -55,7 +56,8 @@ ROUTED = RoutedCounts()
 def tag_sibling_rows(forward_batch, cls, batch, *args, **kwargs):
     """AFTER ForwardBatch.init_new: `forward_batch.npr_rows` for decode batches."""
     rows = None
-    if forward_batch.forward_mode.is_decode():
+    # Only the npr_triton backend reads them: none built in this process, nothing to do.
+    if backend_class.cache_info().currsize and forward_batch.forward_mode.is_decode():
         found = rows_from_reqs(batch.reqs)
         rows = found if any(r.key is not None for r in found) else None
     forward_batch.npr_rows = rows

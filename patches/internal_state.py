@@ -5,7 +5,9 @@ internal state SGLang already serves through `/server_info` and
 `Engine.get_server_info()`, so tests and operators can prove nothing leaked, and what
 the `npr_triton` backend routed to the shared-prefix kernel (`npr_attn_routed`, see
 patches/attention_backend.py; zeros under other backends), and how many rows had their
-positions shifted per forward mode (`npr_positions_shifted`, patches/positions.py).
+positions shifted per forward mode (`npr_positions_shifted`, patches/positions.py), and
+with `NPR_HOST_PROFILE=1` where the scheduler thread's time went (`npr_host_time`,
+npr_engine/host_clock.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict
 from npr_engine.patches.attention_backend import ROUTED
 from npr_engine.patches.positions import SHIFTED
 
+from npr_engine import host_clock
 from npr_engine.hooks import Hook, Kind
 from npr_engine.kv_report import kv_report
 from npr_engine.sched.controller import controller_for
@@ -24,6 +27,8 @@ def add_kv_report(result, scheduler, *args, **kwargs):
     result.internal_state["npr_kv"] = kv_report(scheduler)
     result.internal_state["npr_attn_routed"] = asdict(ROUTED)
     result.internal_state["npr_positions_shifted"] = dict(SHIFTED)
+    if host_clock.enabled():
+        result.internal_state["npr_host_time"] = host_clock.CLOCK.report()
     events = controller_for(scheduler).debug_events if scheduler.is_generation else None
     if events is not None:
         result.internal_state["npr_debug"] = list(events)

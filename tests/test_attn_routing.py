@@ -156,6 +156,10 @@ def test_backend_hook_module_registers_on_cpu() -> None:
     assert mod.tag_sibling_rows(batch(False), None, reqs).npr_rows is None
     plain = SimpleNamespace(reqs=[SimpleNamespace()])
     assert mod.tag_sibling_rows(batch(True), None, plain).npr_rows is None
+    # A process that built no npr_triton backend (any other backend) skips the work.
+    mod.backend_class.cache_clear()
+    assert mod.tag_sibling_rows(batch(True), None, reqs).npr_rows is None
+    assert issubclass(mod.backend_class(), TritonAttnBackend)
     # EagerRunner.load_batch returns a copy with declared fields only: the tag follows it.
     loaded = mod.carry_sibling_rows(SimpleNamespace(), None, tagged)
     assert loaded.npr_rows is tagged.npr_rows

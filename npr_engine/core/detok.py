@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 _WINDOW = 6  # ids of context kept before the unreleased tail
+DECODE_CONTEXT = _WINDOW  # ids before the new ones that `resume` needs
 
 
 class IncrementalDecoder:
@@ -29,6 +30,26 @@ class IncrementalDecoder:
         self._prefix = max(self._prefix, self._read - _WINDOW)
         self._read = len(self._ids)
         return full_text[len(prefix_text) :]
+
+    @property
+    def settled(self) -> bool:
+        """Every pushed id has been released as text."""
+        return self._read == len(self._ids)
+
+    def skip(self, token_ids: Sequence[int]) -> None:
+        """Add ids whose text nobody will read; later pushes decode with them as context.
+        Only when settled: unreleased text before them would be lost."""
+        assert self.settled, "skip() would drop unreleased text"
+        self._ids.extend(token_ids)
+        self._read = len(self._ids)
+        self._prefix = max(self._prefix, self._read - _WINDOW)
+
+    def resume(self, context: Sequence[int]) -> None:
+        """Go on after ids that were never pushed: `context` are the last of them (up
+        to DECODE_CONTEXT), decoded only as context for what is pushed next."""
+        self._ids = list(context)
+        self._prefix = 0
+        self._read = len(self._ids)
 
     def flush(self) -> str:
         """Release whatever is left, replacement characters included (end of stream)."""

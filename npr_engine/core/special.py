@@ -87,3 +87,21 @@ def _as_list(token_ids) -> list[int]:
     if isinstance(token_ids, int):
         return [token_ids]
     return list(token_ids)
+
+
+def loud_ids(tokenizer, chars: frozenset[str]) -> frozenset[int] | None:
+    """Ids whose text may hold one of `chars` (every tag's first character): the ids a
+    sequence outside any tag must be decoded for. Special tokens are always in.
+
+    A vocabulary entry's own spelling is screened, so this is exact only where a
+    character is spelled as itself there: printable ASCII in byte-level BPE (GPT-2's
+    byte map keeps it) and in SentencePiece (whose byte pieces ``<0x..>`` hold ``<``
+    anyway, so they count as loud). Otherwise None: decode everything.
+    """
+    if not chars or not all(c.isascii() and c.isprintable() and not c.isspace() for c in chars):
+        return None
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    loud = {i for i, piece in enumerate(pieces) if piece is None or any(c in piece for c in chars)}
+    loud.update(tokenizer.all_special_ids)
+    loud.update(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    return frozenset(loud)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 
 class TagMatcher:
@@ -15,10 +16,9 @@ class TagMatcher:
 
     def __init__(self, tags: tuple[str, ...]) -> None:
         self._trans, self._out, self._hold = _build_automaton(tags)
-        firsts = sorted({t[0] for t in tags})
         # NOTE: from the root only a tag's first character moves the automaton, so the
         # scan jumps there with a C-level regex search instead of a Python loop.
-        self._first = re.compile("|".join(re.escape(c) for c in firsts))
+        self._first = _first_chars(tags)
         self._node = 0
 
     @property
@@ -45,6 +45,12 @@ class TagMatcher:
         return hits
 
 
+@lru_cache(maxsize=64)
+def _first_chars(tags: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(re.escape(c) for c in sorted({t[0] for t in tags})))
+
+
+@lru_cache(maxsize=64)  # every sequence of a schema shares its (read-only) automaton
 def _build_automaton(
     tags: tuple[str, ...],
 ) -> tuple[list[dict[str, int]], list[str | None], list[int]]:

@@ -17,11 +17,13 @@ from collections import deque
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
-from npr_engine.core.detok import IncrementalDecoder
+from npr_engine.core.detok import DECODE_CONTEXT, IncrementalDecoder
 from npr_engine.core.options import InvalidNprOptions, NprOptions
-from npr_engine.core.special import SpecialTokens
+from npr_engine.core.special import SpecialTokens, loud_ids
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
+from npr_engine.grammar.parser import ParserState
+from npr_engine.grammar.schemas import get_schema, known_schemas
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
 from npr_engine.sched.batches import park
@@ -30,11 +32,16 @@ from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
 from npr_engine.sched.logprobs import note_written, record_injected
-from npr_engine.sched.state import Phase, Seq, Unit, seq_of
+from npr_engine.sched.state import Phase, Seq, Unit
 
 logger = logging.getLogger("npr_engine")
 
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
+_UNSEEN = object()  # a request the controller has not looked at yet
+# Parser states where only tags matter (a plan item's text and sequentially decoded
+# paths are read in PLAN and FORKED).
+_TAG_ONLY_STATES = frozenset({ParserState.OUTSIDE, ParserState.OPEN, ParserState.SUMMARY,
+                              ParserState.AFTER_SUMMARY, ParserState.CLOSED})
 
 
 def _sync_sampled_ids_across_tp() -> None:
@@ -55,6 +62,13 @@ class Controller:
         self.tokenizer = scheduler.tokenizer
         self.special = SpecialTokens(self.tokenizer) if self.tokenizer is not None else None
         self._token_cache: dict[str, list[int]] = {}
+        self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        # Ids that may start a tag of any schema this server knows (_new_text); built
+        # now, as it reads the whole vocabulary once.
+        self._loud_chars = frozenset(c for name in {*known_schemas(), env().tag_schema}
+                                     for c in _first_chars(name))
+        self._loud = loud_ids(self.tokenizer, self._loud_chars) if self.tokenizer is not None else None
+        self._screened: dict[str, bool] = {}  # by schema name: its tags start with _loud_chars
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
         # Counted once per model copy, as SGLang counts its own (tensor-parallel rank 0).
@@ -64,6 +78,7 @@ class Controller:
         self.extends = ExtendQueue(scheduler)
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
+        self._busy: tuple | None = None  # (batch, the requests after_result looks at)
 
     # -- text <-> tokens --------------------------------------------------------------
 
@@ -109,7 +124,7 @@ class Controller:
     def is_eos(self, req, token: int) -> bool:
         if req.eos_token_ids and token in req.eos_token_ids:
             return True
-        return self.tokenizer is not None and token == self.tokenizer.eos_token_id
+        return token == self._eos_id
 
     # -- attaching state to new root requests ------------------------------------------
 
@@ -149,23 +164,69 @@ class Controller:
             result.copy_done.synchronize()
         overrides: list[tuple[int, int]] = []
         sampled: list[int] | None = None  # read from the device once per step, when needed
+        decode = mode.is_decode()
+        busy: list = []  # the requests after_result looks at (every tracked one but the calm)
+        calm: list[int] = []
         for i, req in enumerate(batch.reqs):
+            seq = req.__dict__.get("npr", _UNSEEN)
+            if seq is None:
+                continue  # untracked (`parallel: false`, say): nothing to do, ever
+            if seq is _UNSEEN:
+                if not self._commits_token(batch, req):
+                    continue
+                seq = self.attach(req)
+                if seq is None:
+                    continue
+            elif seq.calm and decode:
+                calm.append(i)
+                continue
+            busy.append(req)
             if not self._commits_token(batch, req):
                 continue
-            seq = self.attach(req)
             req._npr_prev_len = len(req.output_ids)
-            if seq is None:
-                continue
+            if not seq.forced and seq.block is None:
+                continue  # a root with nothing to inject: its sampled token stands
             if sampled is None:
                 sampled = result.next_token_ids.tolist()
             token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
-        record_injected(self, batch, result, overrides)  # trace offsets, log-probs (before ids change)
+        if calm:
+            if sampled is None:
+                sampled = result.next_token_ids.tolist()
+            busy += self._wake(batch, calm, sampled)
+        self._busy = (batch, busy)
+        if sampled is None:
+            return
+        record_injected(self, batch, result, sampled, overrides)  # trace offsets, log-probs
         for i, token in overrides:
             result.next_token_ids[i] = token
             row = batch.reqs[i].kv.req_pool_idx
             self.scheduler.future_map.output_tokens_buf[row] = token
+
+    def _wake(self, batch, calm: list[int], sampled: list[int]) -> list:
+        """Calm roots (see `_calm`) whose sampled token may start a tag: back to the
+        full per-step path, their decoders resumed with the ids just before it."""
+        loud, reqs, woken = self._loud, batch.reqs, []
+        for i in calm:
+            if sampled[i] in loud:
+                req = reqs[i]
+                req.npr.calm = False
+                if self._commits_token(batch, req):
+                    prev = req._npr_prev_len = len(req.output_ids)
+                    req.npr.decoder.resume(req.output_ids[max(prev - DECODE_CONTEXT, 0):prev])
+                woken.append(req)
+        return woken
+
+    def _calm(self, seq: Seq) -> bool:
+        """A root outside any tag that has nothing pending and never opened a block:
+        until it samples an id that may start a tag, its steps need nothing from us
+        (`_wake`), so per step it costs one attribute check."""
+        parser = seq.parser
+        return (seq.block is None and seq.phase is Phase.ACTIVE and not seq.forced and seq.stage is None
+                and seq.pending_fork is None and not seq.unit.trace.blocks and parser.state is ParserState.OUTSIDE
+                and not parser.pending and seq.decoder.settled and not seq.req.finished()
+                and self._is_screened(seq.schema))
 
     @staticmethod
     def _commits_token(batch, req) -> bool:
@@ -195,9 +256,8 @@ class Controller:
         root = seq.unit.root.req
         if self.is_eos(seq.req, sampled) and not root.sampling_params.ignore_eos:
             return "eos"
-        close_len = len(self.close_tokens(seq))
         limit = seq.options.max_path_tokens
-        if limit is not None and seq.own_tokens() + close_len >= limit:
+        if limit is not None and seq.own_tokens() + len(self.close_tokens(seq)) >= limit:
             return "budget"
         if self.forkjoin.unit_tokens(seq.unit) + self.forkjoin.closing_reserve(seq.unit) >= (
             root.sampling_params.max_new_tokens
@@ -216,13 +276,17 @@ class Controller:
         to_extend: list[Seq] = []
         stepped: list[Seq] = []
         to_stage: list[Seq] = []
-        for req in list(batch.reqs):
-            seq = seq_of(req)
+        busy, self._busy = self._busy, None
+        reqs = busy[1] if busy is not None and busy[0] is batch else list(batch.reqs)
+        for req in reqs:
+            seq = req.__dict__.get("npr")  # seq_of(req), inlined: this loop runs per request
+            if seq is None:
+                continue
             prev = req.__dict__.pop("_npr_prev_len", None)
-            if seq is not None and seq.phase is Phase.EXTEND:
+            if seq.phase is Phase.EXTEND:
                 self.extends.done(seq)
                 self.lifecycle.closed(seq.unit)
-            if seq is None or prev is None or len(req.output_ids) <= prev:
+            if prev is None or len(req.output_ids) <= prev:
                 continue
             if seq.phase is Phase.CLOSING:
                 del req.output_ids[prev:]  # sampled after the close tag: not part of the text
@@ -236,16 +300,21 @@ class Controller:
                 else:
                     to_stage.append(seq)
                 continue
-            stepped.append(seq)
+            if seq.block is not None:
+                stepped.append(seq)  # a branch's step (parallel-rate counters)
             if req.finished():
-                if not seq.is_branch and seq.unit.trace.blocks:
+                if seq.block is None and seq.unit.trace.blocks:
                     self.metrics.finished(seq.unit.trace.parallel_rate)
                 continue
-            if self._write_forced_now(seq):
+            if seq.forced and self._write_forced_now(seq):
                 to_extend.append(seq)
-            text = seq.decoder.push(req.output_ids[prev:])
-            note_branch_text(seq, text)
-            for event in seq.parser.feed(text) if text else ():
+            text = self._new_text(seq, req.output_ids[prev:])
+            if not text:
+                events = ()
+            else:
+                note_branch_text(seq, text)
+                events = seq.parser.feed(text)
+            for event in events:
                 if isinstance(event, Fork):
                     self._separate(seq, event.plan_items, to_extend)
                 elif isinstance(event, BranchClose) and seq.is_branch:
@@ -272,6 +341,31 @@ class Controller:
         self.forkjoin.join_ready([s.block for s in to_park])
         for seq in to_stage:
             staged.next_stage(self.forkjoin, batch, seq)
+        for req in reqs:
+            seq = req.__dict__.get("npr")
+            if seq is not None and seq.block is None:
+                seq.calm = self._calm(seq)
+
+    def _new_text(self, seq: Seq, new: list[int]) -> str:
+        """The sequence's newly stable text; "" without decoding when it cannot matter:
+        outside any tag, with no partial tag pending, no live text wanted (a streaming
+        unit's branch deltas) and no new id that could start a tag."""
+        parser, decoder = seq.parser, seq.decoder
+        if (parser.state in _TAG_ONLY_STATES and not parser.pending and decoder.settled
+                and not (seq.block is not None and seq.unit.root.req.stream)):
+            if self._is_screened(seq.schema) and self._loud.isdisjoint(new):
+                decoder.skip(new)
+                return ""
+        return decoder.push(new)
+
+    def _is_screened(self, schema) -> bool:
+        """Whether the loud ids cover every tag of `schema` (a schema file of the
+        request's own may start its tags with other characters)."""
+        known = self._screened.get(schema.name)
+        if known is None:
+            known = self._screened[schema.name] = (
+                self._loud is not None and _schema_first_chars(schema) <= self._loud_chars)
+        return known
 
     def _separate(self, seq: Seq, plan_items: tuple[str, ...], to_extend: list[Seq]) -> None:
         """At a fork point: write the schema's separator, then fork (once it is written,
@@ -297,6 +391,17 @@ class Controller:
         _append_injected(seq, list(seq.forced))
         seq.forced.clear()
         return True
+
+
+def _schema_first_chars(schema) -> frozenset[str]:
+    return frozenset(tag[0] for tag in (*schema.tags().values(), schema.header_prefix) if tag)
+
+
+def _first_chars(name: str) -> frozenset[str]:
+    try:
+        return _schema_first_chars(get_schema(name))
+    except (ValueError, OSError):
+        return frozenset()  # a bad --tag-schema is reported by the launcher
 
 
 def _append_injected(seq: Seq, tokens: list[int]) -> None:

@@ -65,11 +65,11 @@ def _append_unscored(req, token: int, value: float = NAN) -> None:
 # -- before the stock result processing ------------------------------------------------
 
 
-def record_injected(ctl, batch, result, overrides: list[tuple[int, int]]) -> None:
+def record_injected(ctl, batch, result, sampled: list[int], overrides: list[tuple[int, int]]) -> None:
     """Note every injected token in the trace; rescore it if log-probs are returned.
 
-    Call before the sampled ids are overwritten: the sampled id identifies which form
-    (logits or probabilities) the sampler left in the logits row.
+    `sampled`: the step's sampled ids (read once), which tell which form (logits or
+    probabilities) the sampler left in each logits row.
     """
     out = result.logits_output
     scoring = batch.return_logprob and out is not None and out.next_token_logprobs is not None
@@ -79,12 +79,12 @@ def record_injected(ctl, batch, result, overrides: list[tuple[int, int]]) -> Non
         if seq.stage is None:  # a staged join's step writes a path's own (recorded) first token
             _injected_list(seq).append(len(req.output_ids) - seq.fork_out_len)
         if scoring and req.return_logprob:
-            out.next_token_logprobs[i] = rescore(out, i, int(result.next_token_ids[i]), token)
+            out.next_token_logprobs[i] = rescore(out, i, sampled[i], token)
     if scoring:
-        _stash_join_logprobs(ctl, batch, result)
+        _stash_join_logprobs(ctl, batch, result, sampled)
 
 
-def _stash_join_logprobs(ctl, batch, result) -> None:
+def _stash_join_logprobs(ctl, batch, result, sampled: list[int]) -> None:
     """Keep the join header's first-token log-prob from each last branch's closing step."""
     out = result.logits_output
     for i, req in enumerate(batch.reqs):
@@ -95,7 +95,7 @@ def _stash_join_logprobs(ctl, batch, result) -> None:
             continue
         header = ctl.tokens(seq.schema.join_header)
         # NOTE: an attribute of our own on the Block; read back by note_join_token.
-        seq.block.join_logprob = rescore(out, i, int(result.next_token_ids[i]), header[0])
+        seq.block.join_logprob = rescore(out, i, sampled[i], header[0])
 
 
 def rescore(out, i: int, sampled: int, token: int) -> float:

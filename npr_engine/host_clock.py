@@ -1,0 +1,160 @@
+"""Where the scheduler thread's time goes: our hooks vs SGLang's own work (opt-in).
+
+With `NPR_HOST_PROFILE=1` every hook the plugin installs is timed (all of them, not a
+chosen few), and a few stock scheduler functions are bracketed to measure SGLang's
+own time per step beside ours, in the same run (benchmarks/host_overhead.py)::
+
+  busy step   ingest_requests + get_next_batch_to_run + run_batch + process_batch_result
+              of a loop iteration that ran a batch
+  forward     ModelRunner.forward and ModelRunner.sample (the device work, excluded)
+  plugin      every moment inside one of our hooks, minus the original an AROUND hook
+              calls (time is exclusive: a hook inside a hook counts once)
+  sglang      busy step - forward - plugin
+
+Time is charged to whatever mode is on top of a stack at each switch, so nesting in
+any order (our hook inside a stock call inside our hook) stays exact.
+
+NOTE: the clock is the scheduler thread's own CPU time (`time.thread_time`), not wall
+time: on a small CPU machine the scheduler shares its cores with the tokenizer and
+detokenizer processes and the forward's worker threads, and being descheduled would
+count as work. (The forward's own CPU share on this thread is excluded with it.) Off by default:
+the wrappers are not installed at all then.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from time import thread_time as perf_counter  # see the NOTE in the docstring
+
+from npr_engine.hooks import Hook, Kind
+
+ENV = "NPR_HOST_PROFILE"
+_SCHED = "sglang.srt.managers.scheduler.Scheduler"
+_RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+class HostClock:
+    def __init__(self) -> None:
+        self._stack: list[str] = []
+        self._mark = perf_counter()
+        self._thread: int | None = None
+        self.seconds = {"plugin": 0.0, "forward": 0.0, "step": 0.0}
+        self.by_hook: dict[str, float] = {}  # plugin seconds by hook name
+        self.steps = 0
+        self.request_steps = 0  # sum over busy steps of the batch's request count
+        self.pending = 0.0  # this iteration's time before its batch (kept if one runs)
+
+    def _ours(self) -> bool:
+        me = threading.get_ident()
+        if self._thread is None:
+            self._thread = me
+        return me == self._thread
+
+    def enter(self, mode: str) -> None:
+        now = perf_counter()
+        if self._stack:
+            self._charge(self._stack[-1], now)
+        self._stack.append(mode)
+        self._mark = now
+
+    def leave(self) -> None:
+        now = perf_counter()
+        self._charge(self._stack.pop(), now)
+        self._mark = now
+
+    def _charge(self, mode: str, now: float) -> None:
+        if mode == "forward":
+            self.seconds["forward"] += now - self._mark
+        elif mode != "sglang":  # a hook's name
+            self.seconds["plugin"] += now - self._mark
+            self.by_hook[mode] = self.by_hook.get(mode, 0.0) + now - self._mark
+
+    def report(self) -> dict:
+        return {**self.seconds, "steps": self.steps, "request_steps": self.request_steps,
+                "by_hook": dict(self.by_hook)}
+
+
+CLOCK = HostClock()
+
+
+def _timed(mode: str, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not CLOCK._ours():
+            return fn(*args, **kwargs)
+        CLOCK.enter(mode)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            CLOCK.leave()
+
+    return wrapper
+
+
+def timed_hook(hook: Hook) -> Hook:
+    """The same hook, its own time charged to the plugin; an AROUND hook's call of the
+    original is charged back to SGLang."""
+    fn = hook.fn
+    if hook.kind is Kind.AROUND:
+        inner = fn
+
+        def fn(original, *args, **kwargs):
+            return inner(_timed("sglang", original), *args, **kwargs)
+
+        fn = functools.wraps(inner)(fn)
+    return Hook(hook.target, hook.kind, _timed(hook.name, fn), hook.pinned)
+
+
+# -- the stock brackets ----------------------------------------------------------------
+
+
+def _until_batch(original, scheduler, *args, **kwargs):
+    """ingest_requests, get_next_batch_to_run: their time joins the step if a batch runs."""
+    start = perf_counter()
+    try:
+        return original(scheduler, *args, **kwargs)
+    finally:
+        CLOCK.pending += perf_counter() - start
+
+
+def _run_batch(original, scheduler, batch, *args, **kwargs):
+    CLOCK.steps += 1
+    CLOCK.request_steps += len(batch.reqs)
+    return _in_step(original, scheduler, batch, *args, **kwargs)
+
+
+def _in_step(original, scheduler, *args, **kwargs):
+    start = perf_counter()
+    try:
+        return original(scheduler, *args, **kwargs)
+    finally:
+        CLOCK.seconds["step"] += perf_counter() - start + CLOCK.pending
+        CLOCK.pending = 0.0
+
+
+def _idle(original, scheduler, *args, **kwargs):
+    CLOCK.pending = 0.0  # an iteration that ran no batch
+    return original(scheduler, *args, **kwargs)
+
+
+def _device(original, *args, **kwargs):
+    return _timed("forward", original)(*args, **kwargs)
+
+
+def profile_hooks() -> list[Hook]:
+    """The stock brackets (installed only when profiling)."""
+    return [
+        Hook(f"{_SCHED}.ingest_requests", Kind.AROUND, _until_batch),
+        Hook(f"{_SCHED}.get_next_batch_to_run", Kind.AROUND, _until_batch),
+        Hook(f"{_SCHED}.run_batch", Kind.AROUND, _run_batch),
+        Hook(f"{_SCHED}.process_batch_result", Kind.AROUND, _in_step),
+        Hook(f"{_SCHED}.on_idle", Kind.AROUND, _idle),
+        Hook(f"{_RUNNER}.forward", Kind.AROUND, _device),
+        Hook(f"{_RUNNER}.sample", Kind.AROUND, _device),
+    ]
