@@ -197,3 +197,44 @@ def test_forced_block_with_budget_closes_matches_dense_forward(tiny):
     print(f"export (forced, budget closes): {len(dense)} log-probs, max |engine - dense| = {worst:.3g}")
     assert worst <= LOGPROB_ATOL
     assert_idle(llm)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logprob_requests_write_injected_text_in_one_extend_step(tiny, temperature):
+    """Log-probs at full speed: with log-probs on, a forced block's open, headers and
+    join header go in one extend step each, exactly as without them (same steps, same
+    tokens), and every injected token's log-prob, read from its extend row, equals the
+    dense forward's; asking for top log-probs keeps one token per step (more steps)."""
+    from tests.support.engine import assert_idle
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    prompt = tokenizer.encode("Four ideas, quickly:", add_special_tokens=False)
+    sampling = {"max_new_tokens": 160, "temperature": temperature, "sampling_seed": 5,
+                "custom_params": {"npr": {"force": True, "paths": 4, "max_path_tokens": 7, "schema": "multiverse"}}}
+
+    def run(**extra) -> tuple[dict, int]:
+        before = assert_idle(llm)["forward_ct"]
+        out = llm.generate(input_ids=prompt, sampling_params=sampling, **extra)
+        return out, assert_idle(llm)["forward_ct"] - before
+
+    scored, scored_steps = run(return_logprob=True)
+    if temperature == 0:  # (sampled draws are not the same between such runs)
+        plain, plain_steps = run()
+        stepwise, stepwise_steps = run(return_logprob=True, top_logprobs_num=1)
+        assert scored["output_ids"] == plain["output_ids"] == stepwise["output_ids"]
+        assert scored_steps == plain_steps < stepwise_steps, (plain_steps, scored_steps, stepwise_steps)
+    (block,) = scored["meta_info"]["npr_trace"]["blocks"]
+    assert block["width"] == 4 and block["fallback"] is None
+    entries = scored["meta_info"]["output_token_logprobs"]
+    assert [idx for _, idx, *_ in entries] == scored["output_ids"]
+    view = training_view(scored, prompt)
+    assert sum(view.injected) > 8 and all(v is not None for v in view.logprobs)
+    dense, _ = dense_logprobs(model_dir, view)
+    worst = max(abs(e - d) for e, d in zip(view.logprobs, dense, strict=True))
+    injected = [j for j, v in enumerate(view.injected) if v]
+    print(f"at-once log-probs: {len(dense)} checked ({len(injected)} injected), max |engine - dense| = {worst:.3g}")
+    assert worst <= LOGPROB_ATOL
+    if temperature == 0:
+        step_values = [v for v, *_ in stepwise["meta_info"]["output_token_logprobs"]]
+        assert max(abs(a - b) for a, b in zip(view.logprobs, step_values, strict=True)) <= LOGPROB_ATOL

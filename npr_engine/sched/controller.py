@@ -31,7 +31,7 @@ from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
-from npr_engine.sched.logprobs import note_written, record_injected
+from npr_engine.sched.logprobs import extend_scores_match_steps, note_written, record_injected, score_written
 from npr_engine.sched.state import Phase, Seq, Unit
 
 logger = logging.getLogger("npr_engine")
@@ -79,6 +79,8 @@ class Controller:
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
         self._busy: tuple | None = None  # (batch, the requests after_result looks at)
+        # A unit's tokens + closing reserve, once per step (_branch_end_reason).
+        self._unit_totals: dict[int, int] = {}
 
     # -- text <-> tokens --------------------------------------------------------------
 
@@ -105,10 +107,11 @@ class Controller:
     def writes_at_once(self, seq: Seq) -> bool:
         """Whether injected text of several tokens goes in one extend step.
 
-        NOTE: requests returning log-probs keep one token per step: each injected token
-        then has its own logits row to be rescored from (npr_engine/sched/logprobs.py).
+        A request returning log-probs does so only where the extend's raw rows score
+        each injected token as its own step would (logprobs.extend_scores_match_steps);
+        otherwise it keeps one token per step, each rescored from its own logits row.
         """
-        return self.multi_token and not seq.req.return_logprob
+        return self.multi_token and (not seq.req.return_logprob or extend_scores_match_steps(seq))
 
     def write(self, seq: Seq, tokens) -> list:
         """Append injected tokens to the sequence now; returns the parser's events."""
@@ -165,6 +168,7 @@ class Controller:
         overrides: list[tuple[int, int]] = []
         sampled: list[int] | None = None  # read from the device once per step, when needed
         decode = mode.is_decode()
+        self._unit_totals.clear()
         busy: list = []  # the requests after_result looks at (every tracked one but the calm)
         calm: list[int] = []
         for i, req in enumerate(batch.reqs):
@@ -196,6 +200,8 @@ class Controller:
                 sampled = result.next_token_ids.tolist()
             busy += self._wake(batch, calm, sampled)
         self._busy = (batch, busy)
+        if not decode:
+            score_written(batch, result)  # injected tokens an extend step computed
         if sampled is None:
             return
         record_injected(self, batch, result, sampled, overrides)  # trace offsets, log-probs
@@ -244,11 +250,14 @@ class Controller:
             reason = self._branch_end_reason(seq, sampled)
             if reason is not None:
                 seq.close_reason = reason
+                self._unit_totals.pop(id(seq.unit), None)  # its closing reserve changes
                 # A nested block (a joined summary, or sequential text) is closed first;
                 # the tail follows once the parser has seen the close (after_result).
                 seq.forced.extend(self.tokens(seq.parser.closing_text() + seq.schema.branch_close))
         if seq.forced:
             seq.injected += 1
+            if seq.close_reason is not None:
+                self._unit_totals.pop(id(seq.unit), None)  # a close tag's token is written
             return seq.forced.popleft()
         return None
 
@@ -259,9 +268,11 @@ class Controller:
         limit = seq.options.max_path_tokens
         if limit is not None and seq.own_tokens() + len(self.close_tokens(seq)) >= limit:
             return "budget"
-        if self.forkjoin.unit_tokens(seq.unit) + self.forkjoin.closing_reserve(seq.unit) >= (
-            root.sampling_params.max_new_tokens
-        ):
+        total = self._unit_totals.get(id(seq.unit))
+        if total is None:  # once per unit and step, unless a member's closing changed it
+            fj = self.forkjoin
+            total = self._unit_totals[id(seq.unit)] = fj.unit_tokens(seq.unit) + fj.closing_reserve(seq.unit)
+        if total >= root.sampling_params.max_new_tokens:
             return "length"
         return None
 
@@ -276,6 +287,7 @@ class Controller:
         to_extend: list[Seq] = []
         stepped: list[Seq] = []
         to_stage: list[Seq] = []
+        roots: list[Seq] = []  # roots that committed a token: calm again? (_calm)
         busy, self._busy = self._busy, None
         reqs = busy[1] if busy is not None and busy[0] is batch else list(batch.reqs)
         for req in reqs:
@@ -302,6 +314,8 @@ class Controller:
                 continue
             if seq.block is not None:
                 stepped.append(seq)  # a branch's step (parallel-rate counters)
+            else:
+                roots.append(seq)
             if req.finished():
                 if seq.block is None and seq.unit.trace.blocks:
                     self.metrics.finished(seq.unit.trace.parallel_rate)
@@ -341,10 +355,8 @@ class Controller:
         self.forkjoin.join_ready([s.block for s in to_park])
         for seq in to_stage:
             staged.next_stage(self.forkjoin, batch, seq)
-        for req in reqs:
-            seq = req.__dict__.get("npr")
-            if seq is not None and seq.block is None:
-                seq.calm = self._calm(seq)
+        for seq in roots:
+            seq.calm = self._calm(seq)
 
     def _new_text(self, seq: Seq, new: list[int]) -> str:
         """The sequence's newly stable text; "" without decoding when it cannot matter:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from sglang.srt.managers.schedule_batch import ScheduleBatch
 
 from npr_engine.sched.batches import new_batch
+from npr_engine.sched.logprobs import ask_extend_scores, set_next_token_ids
 from npr_engine.sched.state import Phase, Seq
 
 
@@ -97,6 +98,7 @@ def _alive(seq: Seq) -> bool:
 def build_extend_batch(scheduler, reqs: list) -> ScheduleBatch:
     """An extend batch over rows the requests already hold (SGLang's chunked-prefill path:
     `alloc_for_extend` keeps a held row and reads the prefix from it)."""
+    restore = {id(req): ask_extend_scores(req) for req in reqs}
     for req in reqs:
         committed = req.kv.kv_committed_len
         req.refresh_fill_ids()
@@ -108,4 +110,9 @@ def build_extend_batch(scheduler, reqs: list) -> ScheduleBatch:
     batch = new_batch(scheduler, reqs)
     batch.prepare_for_extend()
     batch.decoding_reqs = None
+    for req in reqs:
+        if restore[id(req)] is not None:
+            req.logprob_start_len = restore[id(req)]
+    if batch.return_logprob:
+        set_next_token_ids(batch)
     return batch

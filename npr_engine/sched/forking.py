@@ -265,7 +265,17 @@ class ForkJoin:
             self.finish_length(seq)
             return
         if self.ctl.writes_at_once(seq):
-            self.ctl.write(seq, header)
+            rest = header
+            if parent.return_logprob:
+                # Its first token is scored from the last branch's closing row, which the
+                # extend does not compute: recorded as the one-per-step path does.
+                parent.output_ids.append(header[0])
+                note_join_token(seq, block)
+                seq.injected += 1
+                seq.parser.feed(seq.decoder.push([header[0]]))
+                rest = header[1:]
+            if rest:
+                self.ctl.write(seq, rest)
             self.ctl.queue_extend(seq)
             return
         parent.output_ids.append(header[0])

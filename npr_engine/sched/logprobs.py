@@ -161,6 +161,104 @@ def note_join_token(seq: Seq, block) -> None:
         _append_unscored(req, req.output_ids[-1], getattr(block, "join_logprob", NAN))
 
 
+# -- tokens written at once (multi-token injection, npr_engine/sched/extend.py) ---------
+
+
+def extend_scores_match_steps(seq: Seq) -> bool:
+    """Whether SGLang's extend log-probs (a raw log_softmax of each row) are what one
+    step per token would return for an injected token: greedy or temperature 1 (the
+    sampler's own forms), and nothing that changes a row before sampling (custom logit
+    processor, penalties, min_new_tokens, logit bias, grammar, watermark, per-branch
+    sampling) nor asks for more than the token's own value (top / token-id log-probs)."""
+    req, params = seq.req, seq.req.sampling_params
+    return (
+        params.temperature == 1.0  # greedy too: SGLang sets it to 1 with top_k 1
+        and req.custom_logit_processor is None
+        and not (params.frequency_penalty or params.presence_penalty or params.min_new_tokens)
+        and params.repetition_penalty == 1.0
+        and not params.logit_bias
+        and params.watermark is None
+        and getattr(req, "grammar", None) is None
+        and not (params.json_schema or params.regex or params.ebnf or params.structural_tag)
+        and seq.options.branch_sampling is None
+        and req.logprob.top_logprobs_num <= 0
+        and req.logprob.token_ids_logprob is None
+    )
+
+
+def ask_extend_scores(req) -> int | None:
+    """Make the extend batch being built compute a row per extend token for `req`
+    (SGLang's input log-probs); returns the value to restore after prepare_for_extend."""
+    if not req.return_logprob:
+        return None
+    saved, req.logprob_start_len = req.logprob_start_len, req.kv.kv_committed_len
+    return saved
+
+
+def set_next_token_ids(batch) -> None:
+    """The token each extend row is scored for: the one after it in the sequence.
+
+    NOTE: SGLang 0.5.23 takes them from the prompt only (`origin_input_ids`) and pads
+    with id 0 past it (prepare_for_extend): right for a chunked prompt, not for our
+    extends, which run over output tokens.
+    """
+    ids: list[int] = []
+    for req, start in zip(batch.reqs, batch.extend_logprob_start_lens, strict=True):
+        n = req.extend_len - start
+        if n <= 0:
+            continue
+        first = req.prefix_len + start + 1
+        after = list(req.full_untruncated_fill_ids[first:first + n])
+        ids += after + [0] * (n - len(after))
+    old = batch.extend_input_logprob_token_ids
+    batch.extend_input_logprob_token_ids = torch.tensor(ids, dtype=torch.int64).pin_memory() if (
+        old is not None and old.is_pinned()) else torch.tensor(ids, dtype=torch.int64)
+
+
+def score_written(batch, result) -> None:
+    """Entries for the tokens an extend step of ours computed that have none yet (they
+    were written at once), before SGLang appends the sampled token's: row r of a
+    sequence's extend scores its (r + 1)-th extend token. The rows are SGLang's input
+    log-probs, which are then kept from the request's own input log-probs.
+
+    NOTE: one more host read, on extend steps of log-prob requests only.
+    """
+    out = result.logits_output
+    if not batch.return_logprob or out is None or out.input_token_logprobs is None:
+        return
+    seqs = [seq_of(r) for r in batch.reqs]
+    if not all(s is not None and s.phase is Phase.EXTEND for s in seqs):
+        return  # new requests' prefill: their input log-probs are SGLang's
+    out.finalize_input_logprobs()
+    values = out.input_token_logprobs.tolist()
+    lens, starts = result.extend_input_len_per_req, result.extend_logprob_start_len_per_req
+    pt = 0
+    for i, seq in enumerate(seqs):
+        n = lens[i] - starts[i]
+        if n <= 0:
+            continue
+        rows, pt = values[pt:pt + n], pt + n
+        starts[i] = lens[i]  # SGLang stores no input log-probs for this request
+        committed = seq.req.prefix_len
+        _fill_written(seq.req, seq.fork_out_len, rows, committed)
+        if seq.is_branch and seq.path.index == 1:
+            # The parent's own tokens written at once before its fork (a separator, a
+            # forced open) have their KV, and rows, in every branch's extend.
+            parent = seq.block.parent
+            _fill_written(parent.req, parent.fork_out_len, rows, committed)
+
+
+def _fill_written(req, base: int, rows: list[float], committed: int) -> None:
+    if not req.return_logprob:
+        return
+    end = len(req.output_ids)
+    missing = end - base - len(req.logprob.output_token_logprobs_val)
+    origin = len(req.origin_input_ids)
+    for p in range(end - missing, end):
+        r = origin + p - committed - 1  # the row before the token's own
+        _append_unscored(req, req.output_ids[p], rows[r] if 0 <= r < len(rows) - 1 else NAN)
+
+
 def is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
