@@ -62,6 +62,7 @@ class Controller:
         self.tokenizer = scheduler.tokenizer
         self.special = SpecialTokens(self.tokenizer) if self.tokenizer is not None else None
         self._token_cache: dict[str, list[int]] = {}
+        self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         # Ids that may start a tag of any schema this server knows (_new_text); built
         # now, as it reads the whole vocabulary once.
@@ -98,6 +99,15 @@ class Controller:
         tokens dropped iff the request skips them (npr_engine/core/special.py)."""
         skip = bool(getattr(req.sampling_params, "skip_special_tokens", True))
         return IncrementalDecoder(lambda ids: self.decode(self.special.visible(ids, skip)))
+
+    def close_count(self, seq: Seq) -> int:
+        """len(close_tokens(seq)), without building the list."""
+        closing = seq.parser.closing_text()
+        key = (seq.schema.name, closing)
+        count = self._close_counts.get(key)
+        if count is None:
+            count = self._close_counts[key] = len(self.close_tokens(seq))
+        return count
 
     def close_tokens(self, seq: Seq) -> list[int]:
         """What a branch still writes to end: its nested block's closing tags, its close
@@ -266,7 +276,7 @@ class Controller:
         if self.is_eos(seq.req, sampled) and not root.sampling_params.ignore_eos:
             return "eos"
         limit = seq.options.max_path_tokens
-        if limit is not None and seq.own_tokens() + len(self.close_tokens(seq)) >= limit:
+        if limit is not None and seq.own_tokens() + self.close_count(seq) >= limit:
             return "budget"
         total = self._unit_totals.get(id(seq.unit))
         if total is None:  # once per unit and step, unless a member's closing changed it

@@ -6,6 +6,7 @@ import copy
 import logging
 import uuid
 from array import array
+from collections import Counter
 
 from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
 from sglang.srt.mem_cache.common import release_kv_cache
@@ -40,22 +41,21 @@ class ForkJoin:
     def closing_reserve(self, unit: Unit) -> int:
         """Tokens the live branches still add at least: their close tags (or what is left
         of them), plus one each for the token being decided in the current step."""
-        def close_len(s: Seq) -> int:
-            return len(self.ctl.close_tokens(s))
-
-        return sum((len(s.forced) if s.close_reason else close_len(s)) + 1 for s in _live_branches(unit.root))
+        count = self.ctl.close_count
+        return sum((len(s.forced) if s.close_reason else count(s)) + 1 for s in _live_branches(unit.root))
 
     def count_parallel(self, stepped: list[Seq], closing: list[Seq]) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran."""
-        running: dict[int, int] = {}
-        for seq in (*stepped, *closing):
-            if seq.is_branch:
-                running[id(seq.block)] = running.get(id(seq.block), 0) + 1
+        blocks: dict[int, object] = {}
+        decoded = Counter(id(seq.block) for seq in stepped if seq.block is not None)
+        ran = decoded + Counter(id(seq.block) for seq in closing if seq.block is not None)
         for seq in stepped:
-            if seq.is_branch:
-                seq.block.trace.decoded += 1
-                if running[id(seq.block)] > 1:
-                    seq.block.trace.decoded_with_sibling += 1
+            if seq.block is not None:
+                blocks[id(seq.block)] = seq.block.trace
+        for key, trace in blocks.items():  # once per block, not per branch
+            trace.decoded += decoded[key]
+            if ran[key] > 1:
+                trace.decoded_with_sibling += decoded[key]
 
     # -- park ---------------------------------------------------------------------------
 
