@@ -105,3 +105,13 @@ def shared_splits(num_groups: int, prefix_len: int, batch: int, suffix_len: int,
     prefix = max(1, min(math.ceil(prefix_len / span), MAX_SPLITS))
     suffix = max(1, min(math.ceil(suffix_len / span), MAX_SPLITS))
     return prefix, suffix
+
+
+def graph_splits(batch: int, slots: int) -> tuple[int, int]:
+    """(prefix splits, suffix splits) fixed for a captured batch size, lengths unknown:
+    half a wave of `slots` programs (per kv head) for the group programs of its
+    batch // 2 group slots, half for its rows. Untuned (no GPU run yet)."""
+    groups = max(1, batch // 2)
+    prefix = max(1, min(MAX_SPLITS, slots // (2 * groups)))
+    suffix = max(1, min(MAX_SPLITS, slots // (2 * max(1, batch))))
+    return prefix, suffix

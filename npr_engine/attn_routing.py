@@ -120,3 +120,57 @@ def plan_decode(
     from npr_engine.kernels import build_shared_prefix_meta
 
     return build_shared_prefix_meta(kv_indptr, kv_indices, groups, check=check)
+
+
+class GraphRouting:
+    """Sibling routing for CUDA-graph decode steps (the `npr_triton` backend).
+
+    A graph replays the launches it captured, so the shared-prefix plan lives in fixed
+    buffers (kernels/graph_plan.py): one GraphPlan per captured batch size, all of them
+    sharing the largest one's index buffers (graphs replay one at a time). At capture a
+    plan is filled with no group (the recorded launch is the shared-prefix one, its grid
+    fixed by the plan); before each replay with that step's sibling groups. A step with
+    no group of two or more reads every row whole as its suffix: the per-sequence result
+    from the same launch.
+    """
+
+    def __init__(self, max_batch: int, capacity: int, device, splits) -> None:
+        self.max_batch, self.capacity, self.device = max_batch, capacity, device
+        self.splits = splits  # batch size -> (prefix splits, suffix splits), fixed per graph
+        self._plans: dict[int, object] = {}
+        self._storage = None
+
+    def plan(self, batch: int):
+        plan = self._plans.get(batch)
+        if plan is None:
+            from npr_engine.kernels import GraphPlan
+
+            if batch > self.max_batch:
+                raise ValueError(f"batch {batch} is over the largest captured batch {self.max_batch}")
+            if self._storage is None:
+                self._storage = GraphPlan(self.max_batch, self.capacity, self.device,
+                                          num_prefix_splits=1, num_suffix_splits=1)
+            prefix, suffix = self.splits(batch)
+            plan = self._plans[batch] = GraphPlan(batch, self.capacity, self.device, num_prefix_splits=prefix,
+                                                  num_suffix_splits=suffix, share=self._storage)
+        return plan
+
+    def fill(self, batch: int, kv_lens: Sequence[int], kv_indices: torch.Tensor,
+             rows: Sequence[RowSiblings] | None) -> tuple[SharedPrefixMeta, bool]:
+        """The plan of a (padded) graph batch: its meta, and whether a group was routed.
+        `rows`: sibling info of the real rows (None at capture); padding rows have none."""
+        import torch
+
+        plan = self.plan(batch)
+        lens = [int(n) for n in kv_lens[:batch]]
+        indptr = [0]
+        for n in lens:
+            indptr.append(indptr[-1] + n)
+        slots = kv_indices[: indptr[-1]].to(torch.int32)
+        padded = [*(rows or ()), *[RowSiblings(None)] * (batch - len(rows or ()))][:batch]
+        groups = sibling_groups(padded, lens)
+        if groups and plan.fill(indptr, slots, groups):
+            return plan.meta, True
+        if not plan.fill(indptr, slots, []):
+            raise ValueError(f"{indptr[-1]} KV slots are over the graph plan's capacity {self.capacity}")
+        return plan.meta, False

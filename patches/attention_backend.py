@@ -11,6 +11,9 @@ carries `npr_rows` into the ForwardBatch the eager runner actually runs: load_ba
 returns a copy (`dataclasses.replace` over its static buffers) that keeps declared
 fields only, so without this the backend never saw a sibling row.
 
+Hook: `sglang.srt.model_executor.runner.decode_cuda_graph_runner.build_replay_fb_view`
+(AFTER) carries `npr_rows` into the view a CUDA-graph replay prepares its metadata from.
+
 `ROUTED` counts what this process sent to the shared-prefix kernel; patches/internal_state.py
 serves it as `npr_attn_routed`, so an end-to-end check (benchmarks/gpu_e2e.py) can prove
 the kernel ran.
@@ -20,10 +23,16 @@ goes into `sglang.srt.arg_groups.choices.ATTENTION_BACKEND_CHOICES` and
 `sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS`. Nothing from the
 Triton backend or our kernels is imported until SGLang builds the backend on GPU.
 
-The backend is SGLang's TritonAttnBackend except eager decode steps whose batch holds a
+The backend is SGLang's TritonAttnBackend except decode steps whose batch holds a
 sibling group (npr_engine.attn_routing): those read each shared prefix once through
-npr_engine.kernels.shared_prefix_decode. CUDA-graph decode, speculative decoding,
-sliding windows, logit caps, sinks and scaled (fp8) KV all stay on the Triton path.
+npr_engine.kernels.shared_prefix_decode. Under CUDA graphs every plain layer's decode
+is captured as the shared-prefix launch over a plan in fixed buffers
+(attn_routing.GraphRouting, kernels/graph_plan.py), refilled before each replay; a step
+with no sibling group gets the per-sequence result from it (`graph_steps` counts the
+replays that held a group). NOT RUN ON A GPU YET: tested on CPU under the Triton
+interpreter with a simulated capture and padded replays only. Speculative decoding,
+sliding windows, logit caps, sinks, scaled (fp8) KV and a metadata glue graph stay on
+the Triton path.
 Opt-in: the first end-to-end GPU run (H100, benchmarks/gpu_e2e.sh) gave triton's tokens
 in float32 but not in bfloat16 (benchmarks/KERNELS_NOTES.md).
 """
@@ -31,14 +40,19 @@ in float32 but not in bfloat16 (benchmarks/KERNELS_NOTES.md).
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 from npr_engine.attn_routing import rows_from_reqs
 from npr_engine.hooks import Hook, Kind
 
+logger = logging.getLogger("npr_engine")
+
 BACKEND_NAME = "npr_triton"
+GRAPH = "graph"  # _npr_plan's tag for a CUDA-graph step's plan (capture and replay)
 _INIT_NEW = "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"
 _LOAD_BATCH = "sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch"
+_REPLAY_VIEW = "sglang.srt.model_executor.runner.decode_cuda_graph_runner.build_replay_fb_view"
 
 
 @dataclass
@@ -46,6 +60,7 @@ class RoutedCounts:
     """Decode work this process's `npr_triton` backend sent to shared_prefix_decode."""
 
     steps: int = 0  # eager decode steps planned onto the shared-prefix kernel
+    graph_steps: int = 0  # CUDA-graph replays whose plan held a sibling group
     layer_calls: int = 0  # attention calls the kernel computed (steps x plain layers)
     max_group_size: int = 0  # most sibling rows one group held
 
@@ -62,6 +77,14 @@ def tag_sibling_rows(forward_batch, cls, batch, *args, **kwargs):
         rows = found if any(r.key is not None for r in found) else None
     forward_batch.npr_rows = rows
     return forward_batch
+
+
+def carry_rows_into_replay(view, *args, **kwargs):
+    """AFTER build_replay_fb_view: the replay view (padded buffers + the real batch's
+    per-step fields) keeps the real batch's `npr_rows`; padding rows have none."""
+    forward_batch = kwargs.get("forward_batch", args[0] if args else None)
+    view.npr_rows = getattr(forward_batch, "npr_rows", None)
+    return view
 
 
 def carry_sibling_rows(loaded, runner, forward_batch, *args, **kwargs):
@@ -99,11 +122,14 @@ def backend_class() -> type:
     """The backend class, built on first use (imports SGLang's Triton backend)."""
     import torch
     from npr_engine.kernels import shared_prefix_decode
+    from npr_engine.kernels.decode_paged import query_tile
+    from npr_engine.kernels.tuning import graph_splits, tile_config, wave_slots
+    from sglang.srt.environ import envs
     from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
     from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
 
-    from npr_engine.attn_routing import plan_decode
+    from npr_engine.attn_routing import GraphRouting, plan_decode
 
     class NprTritonAttnBackend(TritonAttnBackend):
         """TritonAttnBackend + shared-prefix decode for eager steps with sibling groups."""
@@ -131,13 +157,44 @@ def backend_class() -> type:
                 ROUTED.steps += 1
                 ROUTED.max_group_size = max(ROUTED.max_group_size, int(meta.max_group_size))
 
-        def init_forward_metadata_out_graph(self, *args, **kwargs):
-            self._npr_plan = None  # graph steps keep the Triton kernels they captured
-            return super().init_forward_metadata_out_graph(*args, **kwargs)
+        _npr_graphs: GraphRouting | None = None
+
+        def init_cuda_graph_state(self, max_bs, max_num_tokens, *args, **kwargs):
+            super().init_cuda_graph_state(max_bs, max_num_tokens, *args, **kwargs)
+            if envs.SGLANG_ENABLE_METADATA_GLUE_GRAPH.get() or self.dcp_size > 1:
+                # A glue graph would freeze our host-built plan at its capture values.
+                logger.warning("npr_triton: CUDA-graph decode steps keep the Triton kernels "
+                               "(metadata glue graph or decode context parallelism on)")
+                return
+            self._npr_graphs = GraphRouting(max_bs, self.cuda_graph_kv_indices.numel(), self.device,
+                                            self._npr_graph_splits)
+
+        def _npr_graph_splits(self, bs: int) -> tuple[int, int]:
+            heads, kv_heads = self.num_head, self.num_kv_head
+            block_w, heads_pad = query_tile(heads, kv_heads, min(16, max(bs, 1)))
+            cfg = tile_config(block_w * heads_pad, self.v_head_dim)
+            return graph_splits(bs, wave_slots(kv_heads, cfg, self.device))
+
+        def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+            super().init_forward_metadata_out_graph(forward_batch, in_capture)
+            self._npr_plan = None
+            routing = self._npr_graphs
+            if (routing is None or not forward_batch.forward_mode.is_decode() or forward_batch.spec_info is not None
+                    or forward_batch.seq_lens_cpu is None):
+                return  # graph steps keep the Triton kernels they captured
+            bs = forward_batch.batch_size
+            # NOTE: host lengths (the runner's pinned seq_lens_cpu buffer): no device sync.
+            lens = forward_batch.seq_lens_cpu[:bs].tolist()
+            rows = None if in_capture else getattr(forward_batch, "npr_rows", None)
+            meta, routed = routing.fill(bs, lens, self.forward_metadata.kv_indices, rows)
+            self._npr_plan = (GRAPH, meta)
+            if routed:
+                ROUTED.graph_steps += 1
+                ROUTED.max_group_size = max(ROUTED.max_group_size, int(meta.max_group_size))
 
         def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
             plan = self._npr_plan
-            if plan is None or plan[0] is not forward_batch or not _plain_layer(layer, kwargs):
+            if plan is None or plan[0] not in (forward_batch, GRAPH) or not _plain_layer(layer, kwargs):
                 return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
             if save_kv_cache:
                 loc = KVWriteLoc.for_batch(forward_batch, swa_loc=self.forward_metadata.swa_out_cache_loc)
@@ -170,4 +227,5 @@ register_backend()
 HOOKS = [
     Hook(_INIT_NEW, Kind.AFTER, tag_sibling_rows),
     Hook(_LOAD_BATCH, Kind.AFTER, carry_sibling_rows),
+    Hook(_REPLAY_VIEW, Kind.AFTER, carry_rows_into_replay),
 ]

@@ -163,3 +163,6 @@ def test_backend_hook_module_registers_on_cpu() -> None:
     # EagerRunner.load_batch returns a copy with declared fields only: the tag follows it.
     loaded = mod.carry_sibling_rows(SimpleNamespace(), None, tagged)
     assert loaded.npr_rows is tagged.npr_rows
+    # So does the view a CUDA-graph replay prepares its metadata from (keyword call).
+    view = mod.carry_rows_into_replay(SimpleNamespace(), forward_batch=tagged, bs=4, raw_bs=3)
+    assert view.npr_rows is tagged.npr_rows
