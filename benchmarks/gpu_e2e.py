@@ -116,15 +116,20 @@ def make_requests(vocab: int, shape: Shape) -> list[dict]:
 
 
 def parse_backend(spec: str) -> tuple[str, dict]:
-    """`NAME` or `NAME:splits=N` (SGLang's triton_attention_num_kv_splits): two runs of
-    `triton` with other split counts measure the bf16 noise floor of the comparison."""
-    name, _, option = spec.partition(":")
-    if not option:
-        return name, {}
-    key, _, value = option.partition("=")
-    if key != "splits" or not value.isdigit():
-        raise ValueError(f"backend option {option!r}: only splits=N is known")
-    return name, {"triton_attention_num_kv_splits": int(value)}
+    """`NAME[:OPTION[,OPTION]]`; options: `splits=N` (SGLang's triton_attention_num_kv_splits:
+    two runs of `triton` with other split counts measure the bf16 noise floor) and
+    `graphs` (CUDA graphs on; every run is eager otherwise)."""
+    name, _, options = spec.partition(":")
+    args = {"disable_cuda_graph": True}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key == "graphs" and not value:
+            args["disable_cuda_graph"] = False
+        elif key == "splits" and value.isdigit():
+            args["triton_attention_num_kv_splits"] = int(value)
+        else:
+            raise ValueError(f"backend option {option!r}: only splits=N and graphs are known")
+    return name, args
 
 
 def worker(config_path: Path) -> None:
@@ -140,7 +145,7 @@ def worker(config_path: Path) -> None:
     backend, backend_args = parse_backend(cfg["backend"])
     llm = sglang.Engine(
         model_path=cfg["model"], dtype=cfg["dtype"], attention_backend=backend,
-        sampling_backend="pytorch", disable_cuda_graph=True, max_total_tokens=cfg["kv_tokens"],
+        sampling_backend="pytorch", max_total_tokens=cfg["kv_tokens"],
         max_running_requests=128, random_seed=0, log_level="error", **extra, **backend_args,
     )
     t1 = time.perf_counter()
@@ -243,9 +248,15 @@ def problems(runs: list[dict], requests: list[dict], backend: str) -> list[str]:
             shapes = [(b["width"], b["fallback"]) for b in out["blocks"] if b["depth"] == 1]
             if shapes != [(req["width"], None)]:
                 found.append(f"run {i}: a W={req['width']} request forked as {shapes}")
-    routed = runs[1]["routed"] or {}
-    if backend == "npr_triton" and not routed.get("layer_calls"):
-        found.append(f"npr_triton sent no decode step to shared_prefix_decode ({routed})")
+    for run in runs:
+        name, options = parse_backend(run["backend"])
+        routed = run["routed"] or {}
+        if not options["disable_cuda_graph"] and not routed.get("graph_replays"):
+            found.append(f"{run['backend']}: no decode step replayed a CUDA graph ({routed})")
+        if name == backend.partition(":")[0] == "npr_triton" and run is runs[1]:
+            key = "layer_calls" if options["disable_cuda_graph"] else "graph_steps"
+            if not routed.get(key):
+                found.append(f"{run['backend']} sent no decode step to shared_prefix_decode ({routed})")
     return found
 
 
@@ -296,7 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--backends", nargs=2, default=["triton", "npr_triton"],
-                   help="reference, then checked: NAME or NAME:splits=N (triton triton:splits=16: noise floor)")
+                   help="reference, then checked: NAME[:splits=N][,graphs] (triton triton:splits=16: noise "
+                        "floor; npr_triton npr_triton:graphs: CUDA graphs on vs off)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(TIE_EPS))
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     p.add_argument("--small", action="store_true", help="a tiny model and short requests (CPU runs)")
@@ -335,7 +347,7 @@ def run_all(args: argparse.Namespace, work: Path, deadline: float) -> dict:
     report = {"device": args.device, "backends": args.backends, "shape": asdict(shape),
               "build_model_s": time.perf_counter() - t0, "dtypes": {}}
     print(f"model built in {report['build_model_s']:.1f}s: {shape}; {len(requests)} requests", flush=True)
-    if args.backends[1] != "npr_triton":
+    if not args.backends[1].startswith("npr_triton"):
         print(f"NOTE: checked backend {args.backends[1]}: no routing to shared_prefix_decode to prove")
     for dtype in args.dtypes:
         runs = []

@@ -51,6 +51,9 @@ print("python", sys.version.split()[0], "torch", torch.__version__, "triton", tr
       "transformers", transformers.__version__, "cuda", torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else "NO GPU")') 2>&1 | tee -a "$log"
 
+if [ "${E2E_SKIP_INSTALL:-0}" = 1 ] && [ -d "$site/sglang" ]; then
+  step "install skipped: $site has SGLang (E2E_SKIP_INSTALL=1)"
+else
 step "install into $site"
 (python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.gpu/wheels/*.whl &&
   install_package && check_entry_point) 2>&1 | tee -a "$log"
@@ -58,9 +61,14 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then
   step "install failed"
   exit 1
 fi
+fi
 
 # shellcheck source=/dev/null
-. "$repo/.gpu/gpu-check/env.sh"
+# Our copy of gpu-check (benchmarks/gpu-check: the stand-in plus weak_ref_tensor, for
+# CUDA graphs), else the one laid out under .gpu/.
+check_dir="$repo/benchmarks/gpu-check"
+[ -f "$check_dir/env.sh" ] || check_dir="$repo/.gpu/gpu-check"
+. "$check_dir/env.sh"
 export PYTHONPATH="$site:$PYTHONPATH"
 unset TRITON_INTERPRET
 

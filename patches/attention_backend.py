@@ -12,7 +12,8 @@ returns a copy (`dataclasses.replace` over its static buffers) that keeps declar
 fields only, so without this the backend never saw a sibling row.
 
 Hook: `sglang.srt.model_executor.runner.decode_cuda_graph_runner.build_replay_fb_view`
-(AFTER) carries `npr_rows` into the view a CUDA-graph replay prepares its metadata from.
+(AFTER) carries `npr_rows` into the view a CUDA-graph replay prepares its metadata from,
+and counts the replays (`graph_replays`, whatever the backend).
 
 `ROUTED` counts what this process sent to the shared-prefix kernel; patches/internal_state.py
 serves it as `npr_attn_routed`, so an end-to-end check (benchmarks/gpu_e2e.py) can prove
@@ -61,6 +62,7 @@ class RoutedCounts:
 
     steps: int = 0  # eager decode steps planned onto the shared-prefix kernel
     graph_steps: int = 0  # CUDA-graph replays whose plan held a sibling group
+    graph_replays: int = 0  # decode steps replayed from a CUDA graph (any backend)
     layer_calls: int = 0  # attention calls the kernel computed (steps x plain layers)
     max_group_size: int = 0  # most sibling rows one group held
 
@@ -84,6 +86,7 @@ def carry_rows_into_replay(view, *args, **kwargs):
     per-step fields) keeps the real batch's `npr_rows`; padding rows have none."""
     forward_batch = kwargs.get("forward_batch", args[0] if args else None)
     view.npr_rows = getattr(forward_batch, "npr_rows", None)
+    ROUTED.graph_replays += 1
     return view
 
 
