@@ -191,9 +191,11 @@ class Controller:
                 seq = self.attach(req)
                 if seq is None:
                     continue
-            elif seq.calm and decode:
-                calm.append(i)
-                continue
+            elif seq.calm:
+                if decode:
+                    calm.append(i)
+                    continue
+                self._resume_decoder(req)  # a calm root in an extend (a retracted one's prefill)
             busy.append(req)
             if not self._commits_token(batch, req):
                 continue
@@ -227,12 +229,18 @@ class Controller:
         for i in calm:
             if sampled[i] in loud:
                 req = reqs[i]
-                req.npr.calm = False
+                self._resume_decoder(req)
                 if self._commits_token(batch, req):
-                    prev = req._npr_prev_len = len(req.output_ids)
-                    req.npr.decoder.resume(req.output_ids[max(prev - DECODE_CONTEXT, 0):prev])
+                    req._npr_prev_len = len(req.output_ids)
                 woken.append(req)
         return woken
+
+    @staticmethod
+    def _resume_decoder(req) -> None:
+        """A calm root leaves calm: its decoder goes on after the ids it never saw."""
+        req.npr.calm = False
+        end = len(req.output_ids)
+        req.npr.decoder.resume(req.output_ids[max(end - DECODE_CONTEXT, 0):end])
 
     def _calm(self, seq: Seq) -> bool:
         """A root outside any tag that has nothing pending and never opened a block:
