@@ -24,6 +24,7 @@ import torch
 from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
 from npr_engine.hooks import Hook, Kind
+from npr_engine.sched.controller import controller_for_any
 from npr_engine.sched.state import seq_of
 
 SHIFTED: Counter[str] = Counter()
@@ -33,8 +34,15 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     mode = forward_batch.forward_mode
     if not (mode.is_decode() or mode in (ForwardMode.EXTEND, ForwardMode.MIXED)):
         return forward_batch
+    if mode.is_decode():
+        # Calm and untracked rows never shift: when the controller's partition describes
+        # this batch, only its other rows need a look (npr_engine/sched/controller.py).
+        ctl = controller_for_any()
+        others = ctl.rows_needing_work(batch.reqs) if ctl is not None else None
+        if others is not None and not any(_shifts(seq_of(r)) for r in others):
+            return forward_batch
     seqs = [seq_of(req) for req in batch.reqs]
-    shifted = sum(1 for s in seqs if s is not None and (s.pos_offset or s.pre_until))
+    shifted = sum(1 for s in seqs if _shifts(s))
     if not shifted:
         return forward_batch
     if mode.is_decode():
@@ -54,6 +62,10 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype)
     forward_batch.positions = forward_batch.positions - offsets.to(forward_batch.positions.device)
     return forward_batch
+
+
+def _shifts(seq) -> bool:
+    return seq is not None and bool(seq.pos_offset or seq.pre_until)
 
 
 def _offset(seq, index: int) -> int:

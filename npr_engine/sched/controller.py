@@ -69,6 +69,9 @@ class Controller:
         self._loud_chars = frozenset(c for name in {*known_schemas(), env().tag_schema}
                                      for c in _first_chars(name))
         self._loud = loud_ids(self.tokenizer, self._loud_chars) if self.tokenizer is not None else None
+        vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
+            self.tokenizer is not None) else 0
+        self._loud_table = _id_table(self._loud, vocab) if self._loud is not None else None
         self._screened: dict[str, bool] = {}  # by schema name: its tags start with _loud_chars
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
@@ -80,6 +83,7 @@ class Controller:
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
         self._busy: tuple | None = None  # (batch, the requests after_result looks at)
+        self._rows: _Rows | None = None  # the running batch's partition (before_result)
         # A unit's tokens + closing reserve, once per step (_branch_end_reason).
         self._unit_totals: dict[int, int] = {}
 
@@ -181,7 +185,10 @@ class Controller:
         self._unit_totals.clear()
         busy: list = []  # the requests after_result looks at (every tracked one but the calm)
         calm: list[int] = []
-        for i, req in enumerate(batch.reqs):
+        reqs = batch.reqs
+        rows = self._rows_of(batch) if decode else None
+        for i in range(len(reqs)) if rows is None else sorted(rows.other):
+            req = reqs[i]
             seq = req.__dict__.get("npr", _UNSEEN)
             if seq is None:
                 continue  # untracked (`parallel: false`, say): nothing to do, ever
@@ -190,6 +197,8 @@ class Controller:
                     continue
                 seq = self.attach(req)
                 if seq is None:
+                    if rows is not None:
+                        rows.other.discard(i)
                     continue
             elif seq.calm:
                 if decode:
@@ -207,10 +216,14 @@ class Controller:
             token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
+        if rows is not None:
+            rows.other.difference_update(calm)  # became calm since the partition
+            rows.calm.update(calm)
+            calm = rows.calm
         if calm:
             if sampled is None:
                 sampled = result.next_token_ids.tolist()
-            busy += self._wake(batch, calm, sampled)
+            busy += self._wake(batch, calm, sampled, rows)
         self._busy = (batch, busy)
         if not decode:
             score_written(batch, result)  # injected tokens an extend step computed
@@ -222,17 +235,34 @@ class Controller:
             row = batch.reqs[i].kv.req_pool_idx
             self.scheduler.future_map.output_tokens_buf[row] = token
 
-    def _wake(self, batch, calm: list[int], sampled: list[int]) -> list:
+    def _rows_of(self, batch) -> _Rows:
+        """The decode batch's partition, kept while its request list is the same object."""
+        rows = self._rows
+        if rows is None or rows.reqs is not batch.reqs:
+            rows = self._rows = _Rows(batch.reqs)
+        return rows
+
+    def rows_needing_work(self, reqs) -> list | None:
+        """The requests of `reqs` that are neither untracked nor calm, if the current
+        partition describes exactly this list of requests (positions hook), else None."""
+        rows = self._rows
+        if rows is None or len(rows.reqs) != len(reqs) or rows.reqs != reqs:
+            return None
+        return [rows.reqs[i] for i in rows.other]
+
+    def _wake(self, batch, calm, sampled: list[int], rows: _Rows | None) -> list:
         """Calm roots (see `_calm`) whose sampled token may start a tag: back to the
         full per-step path, their decoders resumed with the ids just before it."""
-        loud, reqs, woken = self._loud, batch.reqs, []
-        for i in calm:
-            if sampled[i] in loud:
-                req = reqs[i]
-                self._resume_decoder(req)
-                if self._commits_token(batch, req):
-                    req._npr_prev_len = len(req.output_ids)
-                woken.append(req)
+        table, reqs, woken = self._loud_table, batch.reqs, []
+        for i in [i for i in calm if table[sampled[i]]]:  # a byte per id: no hashing per row
+            req = reqs[i]
+            if rows is not None:
+                rows.calm.discard(i)
+                rows.other.add(i)
+            self._resume_decoder(req)
+            if self._commits_token(batch, req):
+                req._npr_prev_len = len(req.output_ids)
+            woken.append(req)
         return woken
 
     @staticmethod
@@ -421,6 +451,32 @@ class Controller:
         _append_injected(seq, list(seq.forced))
         seq.forced.clear()
         return True
+
+
+class _Rows:
+    """Which rows of a decode batch the controller looks at each step: `calm` roots (one
+    id check against the loud ids) and `other` tracked ones; untracked rows in neither.
+
+    NOTE: valid while `batch.reqs` is the same list object: SGLang 0.5.23 replaces the
+    list whenever the batch changes (filter_batch, merge_batch) and never edits it in
+    place. Holding the list keeps its id from being reused. Rows move between the two
+    sets as they wake (`_wake`) and calm down (seen calm in `other`).
+    """
+
+    __slots__ = ("reqs", "calm", "other")
+
+    def __init__(self, reqs: list) -> None:
+        self.reqs = reqs
+        self.calm: set[int] = set()
+        self.other: set[int] = {i for i, req in enumerate(reqs) if req.__dict__.get("npr", _UNSEEN) is not None}
+
+
+def _id_table(ids: frozenset[int], size: int) -> bytes:
+    """1 at each id of `ids` (ids past `size` too: the model's vocabulary may be padded)."""
+    table = bytearray(max(size, max(ids, default=0) + 1) + 1024)
+    for i in ids:
+        table[i] = 1
+    return bytes(table)
 
 
 def _schema_first_chars(schema) -> frozenset[str]:
