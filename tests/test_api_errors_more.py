@@ -117,3 +117,19 @@ def test_offline_engine_raises_request_error_and_keeps_serving(engine, kwargs, p
     assert refused.value.param == param
     assert engine.generate("hi", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
     assert_idle(engine)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/completions", {"prompt": "hi", "rid": []}),  # found by schemathesis: a 500 before
+    ("/v1/completions", {"prompt": ["hi", "yo"], "rid": ["a"]}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "rid": ["a"]}),
+    ("/generate", {"text": "hi", "rid": 5, "sampling_params": {"max_new_tokens": 2}}),
+])
+def test_a_rid_that_does_not_fit_the_prompts_is_400(server, path, body):
+    resp = httpx.post(server.base_url + path, json={"model": "default", "max_tokens": 2, **body}, timeout=60)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "rid"
+    ok = httpx.post(server.base_url + "/v1/completions",
+                    json={"prompt": ["hi", "yo"], "max_tokens": 2, "rid": ["rid-fit-a", "rid-fit-b"]}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 2, ok.text
+    server.assert_kv_idle()

@@ -8,6 +8,7 @@ and with it the whole server, from a single request:
   but not the prompt, and the embedding lookup raises IndexError;
 - a `custom_logit_processor` that does not deserialize (with
   `--enable-custom-logit-processor`): the scheduler parses it while building a batch;
+- a `rid` list for a single prompt (or of another length than the batch): a 500;
 - a top-log-prob count above the vocabulary size (`top_logprobs` of a chat request,
   `logprobs` of a completion, `top_logprobs_num` of /generate): the sampler's `topk`
   raises "selected index k out of range".
@@ -46,11 +47,28 @@ def _tokenizer_manager():
 def check_request(path: str, body: dict) -> None:
     """Raise RequestError (naming the field) for a request that would crash the scheduler."""
     top = TOP_LOGPROB_FIELDS.get(path)
+    _check_rid(body.get("rid"), [body.get(f) for f in PROMPT_FIELDS.get(path, ())])
     _check_all(_tokenizer_manager(),
                prompts={f: body.get(f) for f in PROMPT_FIELDS.get(path, ())},
                token_ids={f: body.get(f) for f in TOKEN_ID_FIELDS.get(path, ())},
                top_logprobs={top: body.get(top)} if top else {},
                processors=body.get(PROCESSOR_FIELD))
+
+
+def _check_rid(rid: Any, prompts: list) -> None:
+    """`rid`: a string, or for a batch of prompts a list of strings, one per prompt.
+    (A list for one prompt reached SGLang's request table as a key: 500 "unhashable
+    type: 'list'".)"""
+    if rid is None or isinstance(rid, str):
+        return
+    batch = next((len(p) for p in prompts if _is_batch(p)), None)
+    if not isinstance(rid, list) or not all(isinstance(r, str) for r in rid) or batch != len(rid):
+        raise RequestError("rid must be a string, or a list of strings with one per prompt of a batch", "rid")
+
+
+def _is_batch(prompt: Any) -> bool:
+    """A list of prompts (strings or token-id lists), not one token-id prompt."""
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
 
 
 def check_generate_input(manager, obj) -> None:
