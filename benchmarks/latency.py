@@ -21,6 +21,8 @@ import statistics
 import time
 from pathlib import Path
 
+from plotting import plot_over_width  # benchmarks/ is the script's folder
+
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
 PROMPT = "Think about why the sky is blue, then answer."
@@ -99,24 +101,11 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    widths = [r["W"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(widths, [r["ideal"] for r in rows], "k--", label="ideal (W·L+S)/(L+S)")
-    ax.plot(widths, [r["speedup"] for r in rows], "o-", label="fork vs sequential (a)")
-    ax.plot(widths, [r["seconds"]["seq"] / r["seconds"]["ind"] for r in rows], "s-",
-            label="independent (b) vs sequential (a)")
-    ax.set_xlabel("paths W")
-    ax.set_ylabel("wall-clock speed-up")
-    ax.set_xscale("log", base=2)
-    ax.set_title(f"L={rows[0]['L']}, S={rows[0]['S']}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_over_width(path, [r["W"] for r in rows], [
+        ("ideal (W·L+S)/(L+S)", "k--", [r["ideal"] for r in rows]),
+        ("fork vs sequential (a)", "o-", [r["speedup"] for r in rows]),
+        ("independent (b) vs sequential (a)", "s-", [r["seconds"]["seq"] / r["seconds"]["ind"] for r in rows]),
+    ], ylabel="wall-clock speed-up", title=f"L={rows[0]['L']}, S={rows[0]['S']}", log2_x=True)
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from plotting import plot_over_width  # benchmarks/ is the script's folder
+
 os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
 
 PROMPT = "Question {i}: think it through, then answer: why is the sky blue?"
@@ -155,21 +157,11 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    widths = [r["W"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, mark in (("fork", "o-"), ("seq", "s-"), ("stock", "^-")):
-        ax.plot(widths, [r["tokens_per_s"][name] for r in rows], mark, label=name)
-    ax.set_xlabel("paths W")
-    ax.set_ylabel("flattened tokens / s")
-    ax.set_title(f"N={rows[0]['N']}, L={rows[0]['L']}, S={rows[0]['S']}, log-probs on")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    plot_over_width(path, [r["W"] for r in rows],
+                    [(name, fmt, [r["tokens_per_s"][name] for r in rows])
+                     for name, fmt in (("fork", "o-"), ("seq", "s-"), ("stock", "^-"))],
+                    ylabel="flattened tokens / s",
+                    title=f"N={rows[0]['N']}, L={rows[0]['L']}, S={rows[0]['S']}, log-probs on")
 
 
 def main() -> None:

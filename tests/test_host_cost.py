@@ -13,6 +13,7 @@ import torch
 from npr_engine.grammar import BlockOpen, Fork, TagParser
 from npr_engine.grammar.schemas import get_schema
 from npr_engine.sched import controller as controller_mod
+from npr_engine.sched.calm import new_text
 
 _READS = {"tolist", "item", "__int__", "__index__", "__float__", "__bool__", "__getitem__", "numpy", "cpu"}
 
@@ -146,7 +147,7 @@ def test_text_is_decoded_only_where_a_tag_can_start(ctl, tokenizer):
     for n, token in enumerate(ids):
         if n == plain:
             decodes_in_plain = decodes
-        screened += seq.parser.feed(ctl._new_text(seq, [token]))
+        screened += seq.parser.feed(new_text(ctl.loud, seq, [token]))
     whole = TagParser(schema, "root").feed(tokenizer.decode(ids))
     kinds = [(type(e).__name__, getattr(e, "plan_items", None)) for e in screened]
     assert kinds == [(type(e).__name__, getattr(e, "plan_items", None)) for e in whole]

@@ -17,16 +17,15 @@ from collections import deque
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
-from npr_engine.core.detok import DECODE_CONTEXT, IncrementalDecoder
+from npr_engine.core.detok import IncrementalDecoder
 from npr_engine.core.options import InvalidNprOptions, NprOptions
-from npr_engine.core.special import SpecialTokens, loud_ids
+from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
-from npr_engine.grammar.parser import ParserState
-from npr_engine.grammar.schemas import get_schema, known_schemas
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
 from npr_engine.sched.batches import park
+from npr_engine.sched.calm import UNSEEN, LoudIds, Rows, is_calm, new_text, resume_decoder
 from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
@@ -37,11 +36,6 @@ from npr_engine.sched.state import Phase, Seq, Unit
 logger = logging.getLogger("npr_engine")
 
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
-_UNSEEN = object()  # a request the controller has not looked at yet
-# Parser states where only tags matter (a plan item's text and sequentially decoded
-# paths are read in PLAN and FORKED).
-_TAG_ONLY_STATES = frozenset({ParserState.OUTSIDE, ParserState.OPEN, ParserState.SUMMARY,
-                              ParserState.AFTER_SUMMARY, ParserState.CLOSED})
 
 
 def _sync_sampled_ids_across_tp() -> None:
@@ -64,15 +58,9 @@ class Controller:
         self._token_cache: dict[str, list[int]] = {}
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
-        # Ids that may start a tag of any schema this server knows (_new_text); built
-        # now, as it reads the whole vocabulary once.
-        self._loud_chars = frozenset(c for name in {*known_schemas(), env().tag_schema}
-                                     for c in _first_chars(name))
-        self._loud = loud_ids(self.tokenizer, self._loud_chars) if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
             self.tokenizer is not None) else 0
-        self._loud_table = _id_table(self._loud, vocab) if self._loud is not None else None
-        self._screened: dict[str, bool] = {}  # by schema name: its tags start with _loud_chars
+        self.loud = LoudIds(self.tokenizer, vocab)  # ids that may start a tag (sched/calm.py)
         self.debug_events: deque | None = deque(maxlen=256) if DEBUG_SLOTS else None
         self.forkjoin = ForkJoin(self)
         # Counted once per model copy, as SGLang counts its own (tensor-parallel rank 0).
@@ -83,7 +71,7 @@ class Controller:
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
         self._busy: tuple | None = None  # (batch, the requests after_result looks at)
-        self._rows: _Rows | None = None  # the running batch's partition (before_result)
+        self._rows: Rows | None = None  # the running batch's partition (before_result)
         # A unit's tokens + closing reserve, once per step (_branch_end_reason).
         self._unit_totals: dict[int, int] = {}
 
@@ -189,10 +177,10 @@ class Controller:
         rows = self._rows_of(batch) if decode else None
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
             req = reqs[i]
-            seq = req.__dict__.get("npr", _UNSEEN)
+            seq = req.__dict__.get("npr", UNSEEN)
             if seq is None:
                 continue  # untracked (`parallel: false`, say): nothing to do, ever
-            if seq is _UNSEEN:
+            if seq is UNSEEN:
                 if not self._commits_token(batch, req):
                     continue
                 seq = self.attach(req)
@@ -204,7 +192,7 @@ class Controller:
                 if decode:
                     calm.append(i)
                     continue
-                self._resume_decoder(req)  # a calm root in an extend (a retracted one's prefill)
+                resume_decoder(req)  # a calm root in an extend (a retracted one's prefill)
             busy.append(req)
             if not self._commits_token(batch, req):
                 continue
@@ -216,14 +204,17 @@ class Controller:
             token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
-        if rows is not None:
+        if rows is not None and (calm or rows.calm):
             rows.other.difference_update(calm)  # became calm since the partition
             rows.calm.update(calm)
-            calm = rows.calm
-        if calm:
             if sampled is None:
                 sampled = result.next_token_ids.tolist()
-            busy += self._wake(batch, calm, sampled, rows)
+            for i in rows.wake(self.loud.table, sampled):
+                req = reqs[i]
+                resume_decoder(req)
+                if self._commits_token(batch, req):
+                    req._npr_prev_len = len(req.output_ids)
+                busy.append(req)
         self._busy = (batch, busy)
         if not decode:
             score_written(batch, result)  # injected tokens an extend step computed
@@ -235,52 +226,16 @@ class Controller:
             row = batch.reqs[i].kv.req_pool_idx
             self.scheduler.future_map.output_tokens_buf[row] = token
 
-    def _rows_of(self, batch) -> _Rows:
+    def _rows_of(self, batch) -> Rows:
         """The decode batch's partition, kept while its request list is the same object."""
         rows = self._rows
         if rows is None or rows.reqs is not batch.reqs:
-            rows = self._rows = _Rows(batch.reqs)
+            rows = self._rows = Rows(batch.reqs)
         return rows
 
     def rows_needing_work(self, reqs) -> list | None:
-        """The requests of `reqs` that are neither untracked nor calm, if the current
-        partition describes exactly this list of requests (positions hook), else None."""
-        rows = self._rows
-        if rows is None or len(rows.reqs) != len(reqs) or rows.reqs != reqs:
-            return None
-        return [rows.reqs[i] for i in rows.other]
-
-    def _wake(self, batch, calm, sampled: list[int], rows: _Rows | None) -> list:
-        """Calm roots (see `_calm`) whose sampled token may start a tag: back to the
-        full per-step path, their decoders resumed with the ids just before it."""
-        table, reqs, woken = self._loud_table, batch.reqs, []
-        for i in [i for i in calm if table[sampled[i]]]:  # a byte per id: no hashing per row
-            req = reqs[i]
-            if rows is not None:
-                rows.calm.discard(i)
-                rows.other.add(i)
-            self._resume_decoder(req)
-            if self._commits_token(batch, req):
-                req._npr_prev_len = len(req.output_ids)
-            woken.append(req)
-        return woken
-
-    @staticmethod
-    def _resume_decoder(req) -> None:
-        """A calm root leaves calm: its decoder goes on after the ids it never saw."""
-        req.npr.calm = False
-        end = len(req.output_ids)
-        req.npr.decoder.resume(req.output_ids[max(end - DECODE_CONTEXT, 0):end])
-
-    def _calm(self, seq: Seq) -> bool:
-        """A root outside any tag that has nothing pending and never opened a block:
-        until it samples an id that may start a tag, its steps need nothing from us
-        (`_wake`), so per step it costs one attribute check."""
-        parser = seq.parser
-        return (seq.block is None and seq.phase is Phase.ACTIVE and not seq.forced and seq.stage is None
-                and seq.pending_fork is None and not seq.unit.trace.blocks and parser.state is ParserState.OUTSIDE
-                and not parser.pending and seq.decoder.settled and not seq.req.finished()
-                and self._is_screened(seq.schema))
+        """Rows.needing_work of the current partition (the positions hook), or None."""
+        return None if self._rows is None else self._rows.needing_work(reqs)
 
     @staticmethod
     def _commits_token(batch, req) -> bool:
@@ -335,7 +290,7 @@ class Controller:
         to_extend: list[Seq] = []
         stepped: list[Seq] = []
         to_stage: list[Seq] = []
-        roots: list[Seq] = []  # roots that committed a token: calm again? (_calm)
+        roots: list[Seq] = []  # roots that committed a token: calm again? (is_calm)
         busy, self._busy = self._busy, None
         reqs = busy[1] if busy is not None and busy[0] is batch else list(batch.reqs)
         for req in reqs:
@@ -370,7 +325,7 @@ class Controller:
                 continue
             if seq.forced and self._write_forced_now(seq):
                 to_extend.append(seq)
-            text = self._new_text(seq, req.output_ids[prev:])
+            text = new_text(self.loud, seq, req.output_ids[prev:])
             if not text:
                 events = ()
             else:
@@ -404,28 +359,7 @@ class Controller:
         for seq in to_stage:
             staged.next_stage(self.forkjoin, batch, seq)
         for seq in roots:
-            seq.calm = self._calm(seq)
-
-    def _new_text(self, seq: Seq, new: list[int]) -> str:
-        """The sequence's newly stable text; "" without decoding when it cannot matter:
-        outside any tag, with no partial tag pending, no live text wanted (a streaming
-        unit's branch deltas) and no new id that could start a tag."""
-        parser, decoder = seq.parser, seq.decoder
-        if (parser.state in _TAG_ONLY_STATES and not parser.pending and decoder.settled
-                and not (seq.block is not None and seq.unit.root.req.stream)):
-            if self._is_screened(seq.schema) and self._loud.isdisjoint(new):
-                decoder.skip(new)
-                return ""
-        return decoder.push(new)
-
-    def _is_screened(self, schema) -> bool:
-        """Whether the loud ids cover every tag of `schema` (a schema file of the
-        request's own may start its tags with other characters)."""
-        known = self._screened.get(schema.name)
-        if known is None:
-            known = self._screened[schema.name] = (
-                self._loud is not None and _schema_first_chars(schema) <= self._loud_chars)
-        return known
+            seq.calm = is_calm(self.loud, seq)
 
     def _separate(self, seq: Seq, plan_items: tuple[str, ...], to_extend: list[Seq]) -> None:
         """At a fork point: write the schema's separator, then fork (once it is written,
@@ -451,43 +385,6 @@ class Controller:
         _append_injected(seq, list(seq.forced))
         seq.forced.clear()
         return True
-
-
-class _Rows:
-    """Which rows of a decode batch the controller looks at each step: `calm` roots (one
-    id check against the loud ids) and `other` tracked ones; untracked rows in neither.
-
-    NOTE: valid while `batch.reqs` is the same list object: SGLang 0.5.23 replaces the
-    list whenever the batch changes (filter_batch, merge_batch) and never edits it in
-    place. Holding the list keeps its id from being reused. Rows move between the two
-    sets as they wake (`_wake`) and calm down (seen calm in `other`).
-    """
-
-    __slots__ = ("reqs", "calm", "other")
-
-    def __init__(self, reqs: list) -> None:
-        self.reqs = reqs
-        self.calm: set[int] = set()
-        self.other: set[int] = {i for i, req in enumerate(reqs) if req.__dict__.get("npr", _UNSEEN) is not None}
-
-
-def _id_table(ids: frozenset[int], size: int) -> bytes:
-    """1 at each id of `ids` (ids past `size` too: the model's vocabulary may be padded)."""
-    table = bytearray(max(size, max(ids, default=0) + 1) + 1024)
-    for i in ids:
-        table[i] = 1
-    return bytes(table)
-
-
-def _schema_first_chars(schema) -> frozenset[str]:
-    return frozenset(tag[0] for tag in (*schema.tags().values(), schema.header_prefix) if tag)
-
-
-def _first_chars(name: str) -> frozenset[str]:
-    try:
-        return _schema_first_chars(get_schema(name))
-    except (ValueError, OSError):
-        return frozenset()  # a bad --tag-schema is reported by the launcher
 
 
 def _append_injected(seq: Seq, tokens: list[int]) -> None:

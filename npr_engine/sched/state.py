@@ -65,7 +65,7 @@ class Seq:
     tailing: bool = False  # branch: close tag written, its tail being injected
     close_len: int | None = None  # branch: KV length through its close tag (join position)
     stage: Block | None = None  # parent: the block its staged join is moving in (sched/staged.py)
-    calm: bool = False  # a root the controller skips until it samples a loud id (Controller._calm)
+    calm: bool = False  # a root the controller skips until it samples a loud id (sched/calm.py)
 
     @property
     def is_branch(self) -> bool:
