@@ -19,6 +19,8 @@ def _metrics():
         "branch_tokens": Counter("npr_branch_tokens_total", "Tokens decoded inside branches"),
         "joins": Counter("npr_joins_total", "Blocks joined back into their parent"),
         "fallbacks": Counter("npr_fallbacks_total", "Blocks decoded sequentially instead", ["reason"]),
+        "retracted": Counter("npr_units_retracted_total",
+                             "Units retracted whole under KV pressure (rebuilt by prefill later)"),
         "parked": Gauge("npr_parked_parents", "Parents parked while their branches decode",
                         multiprocess_mode="livesum"),
         "rate": Gauge("npr_parallel_rate", "Parallel rate of the last finished request with blocks",
@@ -53,6 +55,10 @@ class NprMetrics:
     def aborted_parked(self, parked: int) -> None:
         if self.enabled and parked:
             _metrics()["parked"].dec(parked)
+
+    def retracted(self) -> None:
+        if self.enabled:
+            _metrics()["retracted"].inc()
 
     def finished(self, parallel_rate: float | None) -> None:
         if self.enabled and parallel_rate is not None:

@@ -10,6 +10,10 @@ queued sequences wait for KV, no new request is admitted either (it would take t
 slots they wait for); the running batch decodes and frees them. With nothing left
 running that could free any, or a step too big for the whole pool, the waiting unit
 is aborted with an error naming the pool size (never an allocator exception).
+
+Units retracted whole under KV pressure are rebuilt here first, oldest first, when
+they fit (npr_engine/sched/retraction.py); their members then join the extend queue.
+While any unit is still held, no new request is admitted either.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sglang.srt.managers.schedule_batch import NextBatchPlan
 
 from npr_engine.hooks import Hook, Kind
 from npr_engine.sched.controller import controller_for
+from npr_engine.sched.retraction import resume_held
 
 
 def kv_full_message(scheduler) -> str:
@@ -31,6 +36,8 @@ def extends_first(original, scheduler, running_batch, *args, **kwargs):
     if scheduler.is_generation:
         ctl = controller_for(scheduler)
         extends = ctl.extends
+        if ctl.lifecycle.held:
+            resume_held(ctl, running_batch)
         if len(extends):
             batch = extends.take_batch()
             if batch is not None:
@@ -41,6 +48,8 @@ def extends_first(original, scheduler, running_batch, *args, **kwargs):
                     ctl.lifecycle.abort(seq.unit, kv_full_message(scheduler), 503)
             if len(extends):
                 return NextBatchPlan(batch_to_run=None, running_batch=running_batch)
+        if ctl.lifecycle.held:
+            return NextBatchPlan(batch_to_run=None, running_batch=running_batch)
     return original(scheduler, running_batch, *args, **kwargs)
 
 

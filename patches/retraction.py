@@ -1,18 +1,23 @@
-"""Hooks: `ScheduleBatch._get_decode_retraction_order` (AROUND) and
-`ScheduleBatch.retract_decode` (AFTER), SGLang 0.5.23.
+"""Hooks: `ScheduleBatch._get_decode_retraction_order` (AROUND),
+`ScheduleBatch.release_req` (AROUND), `ScheduleBatch.retract_decode` (AFTER) and
+`Scheduler.is_fully_idle` (AFTER), SGLang 0.5.23.
 
 Under KV memory pressure SGLang retracts running requests and re-queues them for a
-fresh prefill. A branch or a joined parent cannot be re-prefilled (their KV does not
-follow from their token ids causally), so: other requests are retracted first, and a
-unit member that still has to go turns into an abort of its whole unit with a clear
-error (npr_engine/sched/lifecycle.py).
+fresh prefill. A branch or a joined parent cannot be re-prefilled from its token ids
+(their KV does not follow from them causally), so: other requests are retracted first,
+and when SGLang releases a unit member, the whole unit is held instead and later
+rebuilt by prefill (npr_engine/sched/retraction.py); after the retraction its members
+are kept out of SGLang's waiting queue, its aborts and the batch. A scheduler with
+held units is not idle (it would sleep until the next request, and never rebuild them).
 """
 
 from __future__ import annotations
 
 from npr_engine.hooks import Hook, Kind
 from npr_engine.sched.controller import controller_for_any
-from npr_engine.sched.lifecycle import after_retract, retraction_order
+from npr_engine.sched.lifecycle import is_unit_member
+from npr_engine.sched.retraction import after_retract, hold, retraction_order
+from npr_engine.sched.state import seq_of
 
 BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
 
@@ -21,16 +26,32 @@ def members_last(original, reqs, *args, **kwargs):
     return retraction_order(original(reqs, *args, **kwargs), reqs)
 
 
-def abort_retracted_units(ret, batch, *args, **kwargs):
+def hold_units(original, batch, idx, *args, **kwargs):
+    req = batch.reqs[idx]
+    ctl = controller_for_any()
+    if ctl is None or not is_unit_member(req):
+        return original(batch, idx, *args, **kwargs)
+    hold(ctl, seq_of(req).unit)
+    return True  # "resumable": the unit is held whole, not re-queued (after_retract)
+
+
+def keep_held_units(ret, batch, *args, **kwargs):
     retracted, ratio, to_abort = ret
     ctl = controller_for_any()
     if ctl is None:
         return ret
-    retracted, to_abort = after_retract(ctl.lifecycle, retracted, to_abort)
+    retracted, to_abort = after_retract(ctl, batch, retracted, to_abort)
     return retracted, ratio, to_abort
+
+
+def busy_while_held(ret, scheduler, *args, **kwargs):
+    ctl = controller_for_any()
+    return ret and not (ctl is not None and ctl.lifecycle.held)
 
 
 HOOKS = [
     Hook(f"{BATCH}._get_decode_retraction_order", Kind.AROUND, members_last),
-    Hook(f"{BATCH}.retract_decode", Kind.AFTER, abort_retracted_units),
+    Hook(f"{BATCH}.release_req", Kind.AROUND, hold_units),
+    Hook(f"{BATCH}.retract_decode", Kind.AFTER, keep_held_units),
+    Hook("sglang.srt.managers.scheduler.Scheduler.is_fully_idle", Kind.AFTER, busy_while_held),
 ]

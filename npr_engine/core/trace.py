@@ -79,6 +79,7 @@ class RequestTrace:
     # Offsets (in the root's completion tokens, joined branches included) of tokens the
     # engine wrote outside any path: forced block open, join headers.
     injected: list[int] = field(default_factory=list)
+    retractions: int = 0  # times the unit was retracted whole and rebuilt (sched/rebuild.py)
 
     def new_block(self, **kwargs) -> BlockTrace:
         block = BlockTrace(id=len(self.blocks), **kwargs)
@@ -105,4 +106,5 @@ class RequestTrace:
             "total_tokens": self.total_tokens,
             "parallel_rate": self.parallel_rate,
             "injected": self.injected,
+            "retractions": self.retractions,
         }

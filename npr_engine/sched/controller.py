@@ -31,6 +31,7 @@ from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
 from npr_engine.sched.logprobs import extend_scores_match_steps, note_written, record_injected, score_written
+from npr_engine.sched.rebuild import note_causal
 from npr_engine.sched.state import Phase, Seq, Unit
 
 logger = logging.getLogger("npr_engine")
@@ -154,6 +155,7 @@ class Controller:
         schema = options.tag_schema
         unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
         seq = Seq(req, unit, options, schema, TagParser(schema, "root"), self.decoder_for(req))
+        note_causal(seq, 0)
         unit.root = seq
         if options.force:
             seq.forced.extend(self.tokens(schema.forced_text(options.paths)))

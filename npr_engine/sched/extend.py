@@ -42,7 +42,7 @@ class ExtendQueue:
     def done(self, seq: Seq) -> None:
         """The extend ran (or the sequence died): it is an ordinary running request again."""
         if seq.phase is Phase.EXTEND:
-            seq.phase = Phase.ACTIVE
+            seq.phase, seq.after_extend = seq.after_extend, Phase.ACTIVE
             seq.unit.extending -= 1
 
     def discard(self, seq: Seq) -> None:

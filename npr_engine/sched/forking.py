@@ -18,6 +18,7 @@ from npr_engine.sched.batches import inject, park
 from npr_engine.sched.extend import extend_tokens, free_kv_tokens
 from npr_engine.sched.kv import alias_prefix, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
+from npr_engine.sched.rebuild import ALIAS, COPY, note_causal, note_slots
 from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
 
 logger = logging.getLogger("npr_engine")
@@ -196,6 +197,8 @@ class ForkJoin:
             pos_offset=parent_seq.pos_offset + block.trace.separator,
             pre_until=block.prefix_len + block.uncommitted, pre_offset=parent_seq.pos_offset,
         )
+        note_slots(seq, ALIAS, 0, block.prefix_len, parent_seq, 0)
+        note_causal(seq, block.prefix_len)
         seq.forced.extend(self.ctl.tokens(schema.header(path_id)))
         req.npr = seq
         inherit_logprob_request(parent, req)
@@ -221,6 +224,11 @@ class ForkJoin:
             pool.req_to_token, parent.kv.req_pool_idx, block.prefix_len,
             [(b.kv.req_pool_idx, b.kv.kv_committed_len) for b in branches], block.uncommitted,
         )
+        at = block.prefix_len
+        for k, b in enumerate(branches):  # the row pieces join_rows moved in, for a rebuild
+            start = block.prefix_len + (block.uncommitted if k else 0)
+            note_slots(seq, COPY, at, at + b.kv.kv_committed_len - start, b.npr, start)
+            at += b.kv.kv_committed_len - start
         fork_len = len(parent.output_ids)
         for b in branches:
             parent.output_ids.extend(b.output_ids[fork_len:])
@@ -229,6 +237,7 @@ class ForkJoin:
         # to its close tag (a tail after it does not count, as in training).
         next_pos = max(close_len(b) - b.npr.pos_offset for b in branches)
         seq.pos_offset = kv_len - next_pos
+        note_causal(seq, kv_len)
         if duplicates.numel():
             self.scheduler.token_to_kv_pool_allocator.free(duplicates)
         pool.free_rows([b.kv.req_pool_idx for b in branches])

@@ -3,7 +3,8 @@
 Abort, client disconnect and retraction act on whole units: a branch alone is never
 aborted or retracted, and a unit that must go is aborted with a clear error, every
 slot and row it holds freed exactly once. Re-prefilling a joined sequence causally
-would be silently wrong, so a unit is never put back in the waiting queue.
+would be silently wrong, so a unit is never put back in SGLang's waiting queue: a
+retracted unit is held here and rebuilt whole (npr_engine/sched/retraction.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class UnitLifecycle:
         self.metrics = controller.metrics
         self.extends = controller.extends
         self.open_units: dict[int, Unit] = {}
+        self.held: dict = {}  # units retracted whole, oldest first (sched/retraction.py)
 
     def opened(self, unit: Unit) -> None:
         self.open_units[id(unit)] = unit
@@ -50,7 +52,8 @@ class UnitLifecycle:
 
     def matching(self, rid: str, abort_all: bool) -> list[Unit]:
         found = []
-        for unit in self.open_units.values():
+        held = [h.unit for h in self.held.values() if id(h.unit) not in self.open_units]
+        for unit in [*self.open_units.values(), *held]:
             rids = [s.req.rid for s in unit_seqs(unit.root)]
             if abort_all or any(r.startswith(rid) for r in rids):
                 found.append(unit)
@@ -77,6 +80,7 @@ class UnitLifecycle:
         root = unit.root
         unit.blocks_open = 0
         self.open_units.pop(id(unit), None)
+        self.held.pop(id(unit), None)
         for q in seqs:
             q.child, q.stage = None, None
             if q.path is not None and q.path.finish is None:
@@ -108,50 +112,3 @@ def free_branch(scheduler, branch: Seq) -> None:
     kv.req_pool_idx = None
     kv.mark_kv_released()
     branch.phase = Phase.PARKED
-
-
-RETRACT_MESSAGE = (
-    "KV cache pool is full: a parallel-reasoning request cannot be retracted and "
-    "re-prefilled (its joined KV has no causal prefill), so it was aborted. Retry later."
-)
-
-
-def after_retract(lifecycle: UnitLifecycle, retracted: list, to_abort: list) -> tuple[list, list]:
-    """SGLang retracted unit members under memory pressure, or aborted a branch it could
-    not keep (the last request, out of memory): abort their whole units instead."""
-    members = [r for r in retracted if is_unit_member(r)]
-    branches_aborted = [r for r in to_abort if _is_branch(r)]
-    if not members and not branches_aborted:
-        return retracted, to_abort
-    kept = [r for r in retracted if not is_unit_member(r)]
-    # A branch's abort reaches the client as its root's (lifecycle.abort streams it).
-    to_abort = [r for r in to_abort if not _is_branch(r)]
-    for req in members + branches_aborted:
-        seq = req.npr
-        if seq.is_branch:
-            if id(seq.unit) in lifecycle.open_units:
-                lifecycle.abort(seq.unit, RETRACT_MESSAGE, 503)
-        else:
-            # A joined root: its KV is already released; report it as aborted.
-            req.to_finish = FINISH_ABORT(RETRACT_MESSAGE, 503)
-            to_abort.append(req)
-    logger.warning("NPR Engine: %d unit member(s) retracted; their units were aborted",
-                   len(members) + len(branches_aborted))
-    return kept, to_abort
-
-
-def _is_branch(req) -> bool:
-    seq = seq_of(req)
-    return seq is not None and seq.is_branch
-
-
-def retraction_order(order: list[int], reqs: list) -> list[int]:
-    """SGLang retracts from the end of this list: other requests first, then unit
-    members one whole unit at a time (the unit SGLang would give up first goes first),
-    so that no unit is left with part of its members retracted."""
-    others = [i for i in order if not is_unit_member(reqs[i])]
-    units: dict[int, list[int]] = {}
-    for i in order:
-        if is_unit_member(reqs[i]):
-            units.setdefault(id(seq_of(reqs[i]).unit), []).append(i)
-    return [i for members in units.values() for i in members] + others

@@ -28,6 +28,7 @@ import torch
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.lifecycle import free_branch
 from npr_engine.sched.logprobs import splice_branch_logprobs
+from npr_engine.sched.rebuild import COPY, note_causal, note_slots
 from npr_engine.sched.state import Block, Phase, Seq, close_len
 
 
@@ -74,6 +75,7 @@ def _stage(fj, seq: Seq, block: Block) -> None:
     own = row[start:close]
     end = parent.kv.kv_committed_len + own.numel()
     pool.req_to_token[parent.kv.req_pool_idx, parent.kv.kv_committed_len:end] = own
+    note_slots(seq, COPY, parent.kv.kv_committed_len, end, branch.npr, start)
     # Branch j's copy of u (kept from branch 1 only) and its own tail's KV are stale.
     stale = torch.cat([row[block.prefix_len:start], row[close:branch.kv.kv_committed_len]])
     if stale.numel():
@@ -90,6 +92,7 @@ def _stage(fj, seq: Seq, block: Block) -> None:
     block.spliced = j
     # The tail's trained position: right after its path's close tag.
     seq.pos_offset = end - (close - branch.npr.pos_offset)
+    note_causal(seq, end)
     if j < len(block.branches):
         seq.forced = deque([block.branches[j].req.output_ids[block.fork_len]])
         inject(fj.scheduler, [parent], [tokens[-1]])
@@ -103,6 +106,7 @@ def _last_stage(fj, seq: Seq, block: Block, end: int, tail: int) -> None:
     next_pos = max(close_len(b.req) - b.pos_offset for b in block.branches)
     seq.pre_until, seq.pre_offset = end + 1, seq.pos_offset
     seq.pos_offset = end + 1 - next_pos
+    note_causal(seq, end)  # the last tail at its own position, then the continuation
     fj.joined(seq, block)
     header = fj.ctl.tokens(seq.schema.join_header)
     block.trace.join_tokens = len(header)

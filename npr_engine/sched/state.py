@@ -66,6 +66,9 @@ class Seq:
     close_len: int | None = None  # branch: KV length through its close tag (join position)
     stage: Block | None = None  # parent: the block its staged join is moving in (sched/staged.py)
     calm: bool = False  # a root the controller skips until it samples a loud id (sched/calm.py)
+    # How the row was written, for a rebuild after retraction (npr_engine/sched/rebuild.py).
+    pieces: list = field(default_factory=list)
+    after_extend: Phase = Phase.ACTIVE  # the phase an extend step returns the sequence to
 
     @property
     def is_branch(self) -> bool:
