@@ -6,9 +6,9 @@ it may still decode (its remaining `max_new_tokens`, times the new-token ratio u
 it ignores EOS). Branches carry a large `max_new_tokens` and `ignore_eos` of their own,
 so each would hold back its unit's whole budget (8 branches: 8 times it). A branch is
 reserved its share of what its unit can still write instead (sched/forking.reservation),
-at ratio 1: a unit member that runs out of KV cannot be retracted and re-prefilled
-(lifecycle.py), so a unit's live branches together keep room for everything the unit
-may still write (SGLang's early-EOS estimate is for requests a retraction can resume).
+at SGLang's new-token ratio unless the request ignores EOS, as SGLang reserves any
+request: if the estimate runs short, a unit is retracted whole and rebuilt without loss
+(sched/retraction.py), as SGLang retracts and re-prefills other requests.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def unit_share(original, adder, req, *args, **kwargs):
     seq = seq_of(req)
     if seq is None or not seq.is_branch:
         return original(adder, req, *args, **kwargs)
-    return min(reservation(seq), CLIP_MAX_NEW_TOKENS)
+    ratio = 1.0 if seq.unit.root.req.sampling_params.ignore_eos else adder.new_token_ratio
+    return min(reservation(seq, ratio), CLIP_MAX_NEW_TOKENS)
 
 
 HOOKS = [

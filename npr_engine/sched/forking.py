@@ -308,15 +308,16 @@ class ForkJoin:
             self.ctl.debug_events.append({"event": event, **fields})
 
 
-def reservation(seq: Seq) -> int:
+def reservation(seq: Seq, ratio: float = 1.0) -> float:
     """KV tokens SGLang's admission should hold back for a running branch.
 
     A branch runs with a large `max_new_tokens` of its own (SGLang must never end it
     before our budgets do), but what its unit can still write is the root's
     `max_new_tokens` less the unit's tokens so far: that is split over the unit's live
-    branches, and no branch gets more than its own path budget leaves. Each also keeps
-    its copy of the parent's uncommitted tokens (freed at the join) and one slot for the
-    step being decided."""
+    branches, and no branch gets more than its own path budget leaves; that share counts
+    at SGLang's new-token `ratio`, as any request's remaining budget does. Each also
+    keeps its copy of the parent's uncommitted tokens (freed at the join) and one slot
+    for the step being decided."""
     unit = seq.unit
     left = max(unit.root.req.sampling_params.max_new_tokens - _subtree_tokens(unit.root), 0)
     live = sum(1 for _ in _live_branches(unit.root)) or 1
@@ -324,7 +325,7 @@ def reservation(seq: Seq) -> int:
     limit = seq.options.max_path_tokens
     if limit is not None:
         share = min(share, max(limit - seq.own_tokens(), 0))
-    return share + seq.block.uncommitted + 1
+    return share * ratio + seq.block.uncommitted + 1
 
 
 def _subtree_tokens(seq: Seq) -> int:

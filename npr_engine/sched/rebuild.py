@@ -153,11 +153,13 @@ class Rebuild:
     def run(self) -> dict[int, int]:
         """Build every row; returns the row of each live sequence (by id)."""
         while True:
-            wave = []
-            for r in list(self.order):
-                end = self._advance(r)
-                if end is not None:
-                    wave.append((r, end))
+            wave, seen = [], set()
+            while len(seen) < len(self.order):  # rows spawned while advancing advance too
+                for r in [r for r in self.order if id(r) not in seen]:
+                    seen.add(id(r))
+                    end = self._advance(r)
+                    if end is not None:
+                        wave.append((r, end))
             self._free_consumed()
             if not wave:
                 break
