@@ -137,3 +137,55 @@ def test_retraction_order_puts_other_requests_first_then_whole_units():
     # SGLang's order (most preferred to keep first); it retracts from the end.
     order = retraction_order([5, 4, 3, 2, 1, 0], reqs)
     assert order == [5, 2, 3, 0, 4, 1]
+
+
+def test_held_units_resume_oldest_first_and_one_that_cannot_fit_alone_is_aborted(monkeypatch):
+    from types import SimpleNamespace
+
+    from npr_engine.sched import retraction
+    from npr_engine.sched.rebuild import ALIAS, COPY, Piece, rebuild_cost
+    from npr_engine.sched.state import Phase
+
+    def seq(pieces, tokens, branch=False):
+        req = SimpleNamespace(origin_input_ids=[0] * 10, output_ids=[0] * (tokens - 10))
+        return SimpleNamespace(req=req, pieces=pieces, is_branch=branch)
+
+    # A root of 40 KV tokens that joined two branches (copies of 8 and 7 slots), its
+    # pending token not yet computed: causal 20 + scratch rows 2 x 9 (u + own) + causal 5.
+    b1 = seq([Piece(ALIAS, 0, end=20), Piece("causal", 20)], 29, branch=True)
+    b2 = seq([Piece(ALIAS, 0, end=20), Piece("causal", 20)], 29, branch=True)
+    root = seq([Piece("causal", 0), Piece(COPY, 20, src=b1, src_start=20, end=29),
+                Piece(COPY, 29, src=b2, src_start=21, end=37), Piece("causal", 37)], 41)
+    assert rebuild_cost([(root, 40)]) == (20 + 9 + 9 + 3, 3)
+
+    aborted, rebuilt = [], []
+    free = {"n": 62}
+
+    def rebuild(ctl, held):
+        rebuilt.append(held.unit)
+        ctl.lifecycle.held.pop(id(held.unit))
+        free["n"] -= 43
+
+    monkeypatch.setattr(retraction, "_rebuild", rebuild)
+    scheduler = SimpleNamespace(
+        token_to_kv_pool_allocator=SimpleNamespace(size=1000, available_size=lambda: free["n"]),
+        tree_cache=SimpleNamespace(evictable_size=lambda: 0),
+        req_to_token_pool=SimpleNamespace(available_size=lambda: 8), max_running_requests=8)
+    lifecycle = SimpleNamespace(held={}, abort=lambda unit, message, status: (
+        aborted.append((unit, message, status)), lifecycle.held.pop(id(unit))))
+    ctl = SimpleNamespace(lifecycle=lifecycle, scheduler=scheduler, extends=[])
+    units = [SimpleNamespace(name=k) for k in "abc"]
+    for unit in units:
+        lifecycle.held[id(unit)] = retraction.Held(unit, [(root, 40, Phase.ACTIVE, Phase.ACTIVE)])
+    running = SimpleNamespace(reqs=[object()])
+    # Beside running requests: 41 slots + 1 pending token + 1 step + SGLang's 20-step margin.
+    retraction.resume_held(ctl, running)
+    assert rebuilt == [] and aborted == [] and len(lifecycle.held) == 3  # 62 < 63: all wait
+    free["n"] = 63 + 43
+    retraction.resume_held(ctl, running)
+    assert rebuilt == units[:2] and aborted == []  # oldest first, while they fit
+    # Nothing else running: the least (43) would do, but 20 are free: it can never fit.
+    retraction.resume_held(ctl, SimpleNamespace(reqs=[]))
+    assert [a[0] for a in aborted] == [units[2]] and aborted[0][2] == 503
+    assert "needs 43 KV tokens" in aborted[0][1] and "the 1000-token pool" in aborted[0][1]
+    assert lifecycle.held == {}

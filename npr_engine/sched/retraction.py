@@ -112,16 +112,17 @@ def resume_held(ctl, running_batch) -> None:
     for held in list(lifecycle.held.values()):
         slots, rows = rebuild_cost(held.lengths())
         stepping = held.stepping()
-        # Their pending tokens, and room for the next decode steps (SGLang's own margin).
-        pending = sum(_tokens(q.req) - n for q, n in stepping)
-        need = slots + pending + len(stepping) * envs.SGLANG_RETRACT_DECODE_STEPS.get()
+        # Its rows, its members' pending tokens and a step each; beside other running
+        # requests, room for SGLang's own margin of decode steps too.
+        least = slots + sum(_tokens(q.req) - n for q, n in stepping) + len(stepping)
         running = len(running_batch.reqs) if running_batch is not None else 0
+        alone = running == 0 and not len(ctl.extends)
+        need = least if alone else least + len(stepping) * envs.SGLANG_RETRACT_DECODE_STEPS.get()
         fits = (free_kv_tokens(s) >= need and s.req_to_token_pool.available_size() >= rows
                 and running + len(stepping) <= s.max_running_requests)
         if not fits:
-            alone = running == 0 and not len(ctl.extends)
-            if alone or slots + pending > s.token_to_kv_pool_allocator.size:
-                lifecycle.abort(held.unit, too_big_message(s, slots + pending), 503)
+            if alone or least > s.token_to_kv_pool_allocator.size:
+                lifecycle.abort(held.unit, too_big_message(s, least), 503)
                 continue
             return  # oldest first: no held unit overtakes another
         _rebuild(ctl, held)
