@@ -99,6 +99,26 @@ def nested_script(enc, eos: int) -> tuple[dict, list]:
     return scripts, flat + [eos]
 
 
+def generate_nested(llm, temperature: float) -> tuple[dict, list, list[int]]:
+    """The nested-block request of `nested_script` with log-probs: (output, flat script, prompt)."""
+    from tests.support.sparse_script import SparseScript
+
+    tokenizer = llm.tokenizer_manager.tokenizer
+
+    def enc(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    scripts, flat = nested_script(enc, tokenizer.eos_token_id)
+    prompt = enc("Plan two approaches, then compare them.")
+    sampling = {
+        "max_new_tokens": len(flat) + 8, "temperature": temperature, "sampling_seed": 11,
+        "custom_params": {"npr": {"paths": 2}, "script": scripts, "eos": tokenizer.eos_token_id},
+    }
+    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
+                       custom_logit_processor=SparseScript().to_str())
+    return out, flat, prompt
+
+
 def dense_logprobs(model_dir, view):
     import torch
     from transformers import AutoModelForCausalLM
@@ -119,22 +139,9 @@ def dense_logprobs(model_dir, view):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny, temperature):
     from tests.support.engine import assert_idle
-    from tests.support.sparse_script import SparseScript
 
     model_dir, llm = tiny
-    tokenizer = llm.tokenizer_manager.tokenizer
-
-    def enc(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    scripts, flat = nested_script(enc, tokenizer.eos_token_id)
-    prompt = enc("Plan two approaches, then compare them.")
-    sampling = {
-        "max_new_tokens": len(flat) + 8, "temperature": temperature, "sampling_seed": 11,
-        "custom_params": {"npr": {"paths": 2}, "script": scripts, "eos": tokenizer.eos_token_id},
-    }
-    out = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
-                       custom_logit_processor=SparseScript().to_str())
+    out, flat, prompt = generate_nested(llm, temperature)
     output = out["output_ids"]
     assert len(output) == len(flat), "the model wrote EOS or a tag where the script left it free"
     assert all(t == f for t, f in zip(output, flat, strict=True) if isinstance(f, int)), "script not followed"

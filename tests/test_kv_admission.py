@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -74,21 +73,13 @@ BUSY_CHECK = "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY"
 
 @pytest.fixture(scope="module")
 def tight(default_model_dir):
-    # SGLang's own KV invariant check on every busy step too (the idle one is on by
-    # default); read by the scheduler process at start-up, restored once it runs.
-    saved = os.environ.get(BUSY_CHECK)
-    os.environ[BUSY_CHECK] = "1"
-    try:
-        llm = start_engine(
-            model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
-            disable_cuda_graph=True, dtype="float32", max_total_tokens=1024, random_seed=0, log_level="error",
-            enable_custom_logit_processor=True,  # NOTE: in-process settings are global (see test_pressure)
-        )
-    finally:
-        if saved is None:
-            del os.environ[BUSY_CHECK]
-        else:
-            os.environ[BUSY_CHECK] = saved
+    # SGLang's own KV invariant check on every busy step too (the idle one is on by default).
+    llm = start_engine(
+        env={BUSY_CHECK: "1"},
+        model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
+        disable_cuda_graph=True, dtype="float32", max_total_tokens=1024, random_seed=0, log_level="error",
+        enable_custom_logit_processor=True,  # NOTE: in-process settings are global (see test_pressure)
+    )
     try:
         yield llm
     finally:

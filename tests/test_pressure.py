@@ -12,7 +12,6 @@ requests first, a unit never in part, a unit that must go aborted as a whole).
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
@@ -28,23 +27,15 @@ MAX_RUNNING = 6
 
 @pytest.fixture(scope="module")
 def small_engine(default_model_dir):
-    saved = os.environ.get("SGLANG_TEST_RETRACT")
-    # NOTE: read by the scheduler process at start-up; restored once it is running.
-    os.environ["SGLANG_TEST_RETRACT"] = "1"
-    try:
-        llm = start_engine(
-            model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
-            disable_cuda_graph=True, dtype="float32", max_total_tokens=KV_TOKENS,
-            max_running_requests=MAX_RUNNING, random_seed=0, log_level="error",
-            # NOTE: SGLang keeps the tokenizer-side server args process-global: a second
-            # engine without this flag would make the session engine refuse its processors.
-            enable_custom_logit_processor=True,
-        )
-    finally:
-        if saved is None:
-            del os.environ["SGLANG_TEST_RETRACT"]
-        else:
-            os.environ["SGLANG_TEST_RETRACT"] = saved
+    llm = start_engine(
+        env={"SGLANG_TEST_RETRACT": "1"},
+        model_path=str(default_model_dir), device="cpu", attention_backend="torch_native",
+        disable_cuda_graph=True, dtype="float32", max_total_tokens=KV_TOKENS,
+        max_running_requests=MAX_RUNNING, random_seed=0, log_level="error",
+        # NOTE: SGLang keeps the tokenizer-side server args process-global: a second
+        # engine without this flag would make the session engine refuse its processors.
+        enable_custom_logit_processor=True,
+    )
     try:
         yield llm
     finally:
@@ -189,3 +180,22 @@ def test_held_units_resume_oldest_first_and_one_that_cannot_fit_alone_is_aborted
     assert [a[0] for a in aborted] == [units[2]] and aborted[0][2] == 503
     assert "needs 43 KV tokens" in aborted[0][1] and "the 1000-token pool" in aborted[0][1]
     assert lifecycle.held == {}
+
+
+def test_an_abort_by_rid_finds_a_held_unit():
+    from types import SimpleNamespace
+
+    from npr_engine.sched.lifecycle import UnitLifecycle
+    from npr_engine.sched.retraction import Held
+
+    lifecycle = UnitLifecycle(SimpleNamespace(scheduler=None, metrics=None, extends=None))
+
+    def unit(rid):
+        root = SimpleNamespace(req=SimpleNamespace(rid=rid), child=None)
+        return SimpleNamespace(root=root)
+
+    forked, held = unit("req-a"), unit("req-b")
+    lifecycle.opened(forked)
+    lifecycle.held[id(held)] = Held(held, [])  # a joined root with no block open: held only
+    assert lifecycle.matching("req-b", abort_all=False) == [held]
+    assert lifecycle.matching("", abort_all=True) == [forked, held]

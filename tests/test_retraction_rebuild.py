@@ -13,31 +13,22 @@ retracts.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from npr_engine.export import training_view
+from npr_engine.kv_report import idle_problems
 from tests.support.engine import assert_idle, start_engine, stop_engine
-from tests.test_export import INJ, LOGPROB_ATOL, dense_logprobs, nested_script
+from tests.test_export import INJ, LOGPROB_ATOL, dense_logprobs, generate_nested
 
 
 @pytest.fixture(scope="module")
 def retracting(tiny_model_dir):
-    saved = os.environ.get("SGLANG_TEST_RETRACT")
-    # NOTE: read by the scheduler process at start-up; restored once it is running.
-    os.environ["SGLANG_TEST_RETRACT"] = "1"
-    try:
-        llm = start_engine(
-            model_path=str(tiny_model_dir), device="cpu", attention_backend="torch_native",
-            disable_cuda_graph=True, dtype="float32", max_total_tokens=4096,
-            enable_custom_logit_processor=True, random_seed=0, log_level="error",
-        )
-    finally:
-        if saved is None:
-            del os.environ["SGLANG_TEST_RETRACT"]
-        else:
-            os.environ["SGLANG_TEST_RETRACT"] = saved
+    llm = start_engine(
+        env={"SGLANG_TEST_RETRACT": "1"},
+        model_path=str(tiny_model_dir), device="cpu", attention_backend="torch_native",
+        disable_cuda_graph=True, dtype="float32", max_total_tokens=4096,
+        enable_custom_logit_processor=True, random_seed=0, log_level="error",
+    )
     try:
         yield llm
     finally:
@@ -56,21 +47,7 @@ def _check_against_dense(model_dir, out, prompt, checked=None) -> float:
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_nested_block_rebuilt_after_every_retraction_matches_dense_forward(tiny_model_dir, retracting, temperature):
-    from tests.support.sparse_script import SparseScript
-
-    tokenizer = retracting.tokenizer_manager.tokenizer
-
-    def enc(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    scripts, flat = nested_script(enc, tokenizer.eos_token_id)
-    prompt = enc("Plan two approaches, then compare them.")
-    sampling = {
-        "max_new_tokens": len(flat) + 8, "temperature": temperature, "sampling_seed": 11,
-        "custom_params": {"npr": {"paths": 2}, "script": scripts, "eos": tokenizer.eos_token_id},
-    }
-    out = retracting.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True,
-                              custom_logit_processor=SparseScript().to_str())
+    out, flat, prompt = generate_nested(retracting, temperature)
     assert len(out["output_ids"]) == len(flat)
     assert all(t == f for t, f in zip(out["output_ids"], flat, strict=True) if isinstance(f, int) and f != INJ)
     trace = out["meta_info"]["npr_trace"]
@@ -107,3 +84,42 @@ def test_staged_joins_rebuilt_give_the_tokens_of_an_engine_that_never_retracts(t
         assert _check_against_dense(model_dir, out, prompt) <= LOGPROB_ATOL
     assert_idle(retracting)
     assert_idle(plain)
+
+
+def test_a_pause_in_retract_mode_holds_units_and_generation_continues_where_it_stopped(tiny):
+    """An RL trainer's weight update: `pause_generation(mode="retract")` frees every KV;
+    a unit paused inside its block is rebuilt when generation continues (with the same
+    weights here: the same tokens and log-probs as a run never paused)."""
+    import asyncio
+
+    from sglang.srt.managers.io_struct import ContinueGenerationReqInput, PauseGenerationReqInput
+
+    model_dir, llm = tiny
+    tokenizer = llm.tokenizer_manager.tokenizer
+    prompt = tokenizer.encode("Three ideas:", add_special_tokens=False)
+    sampling = {"max_new_tokens": 200, "temperature": 0,
+                "custom_params": {"npr": {"force": True, "paths": 3, "max_path_tokens": 60}}}
+    ref = llm.generate(input_ids=prompt, sampling_params=sampling, return_logprob=True)
+    manager = llm.tokenizer_manager
+
+    async def kv_report() -> dict:
+        return (await manager.get_internal_state())[0]["npr_kv"]
+
+    async def paused_run():
+        task = asyncio.ensure_future(llm.async_generate(input_ids=prompt, sampling_params=sampling,
+                                                        return_logprob=True))
+        while (await kv_report())["running"] < 3:  # its three paths decode
+            await asyncio.sleep(0.02)
+        await manager.pause_generation(PauseGenerationReqInput(mode="retract"))
+        paused = await kv_report()
+        await manager.continue_generation(ContinueGenerationReqInput())
+        return await task, paused
+
+    out, paused = llm.loop.run_until_complete(paused_run())
+    assert idle_problems(paused) == [], paused  # every row and slot freed while paused
+    assert out["meta_info"]["npr_trace"]["retractions"] == 1
+    assert out["output_ids"] == ref["output_ids"]
+    values = [v for v, *_ in out["meta_info"]["output_token_logprobs"]]
+    expected = [v for v, *_ in ref["meta_info"]["output_token_logprobs"]]
+    assert max(abs(a - b) for a, b in zip(values, expected, strict=True)) <= LOGPROB_ATOL
+    assert_idle(llm)

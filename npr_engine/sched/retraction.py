@@ -84,6 +84,25 @@ def hold(ctl, unit: Unit) -> None:
                 root.rid, len(live), sum(n for _, n, *_ in live))
 
 
+def hold_all(ctl, batches: list) -> None:
+    """Hold every unit (SGLang's `pause_generation` in `retract` mode, before a weight
+    update: every KV is rebuilt under the new weights) and take their members out of
+    `batches`, so that SGLang re-queues only other requests."""
+    lifecycle = ctl.lifecycle
+    units = {id(u): u for u in lifecycle.open_units.values()}
+    for batch in batches:
+        for req in batch.reqs if batch is not None else ():
+            if is_unit_member(req):
+                units.setdefault(id(seq_of(req).unit), seq_of(req).unit)
+    for unit in units.values():
+        hold(ctl, unit)
+    for batch in batches:
+        if batch is not None and not batch.is_empty():
+            left = [r for r in batch.reqs if is_held(lifecycle, r)]
+            if left:
+                batch.filter_batch(reqs_to_exclude=left)
+
+
 def is_held(lifecycle, req) -> bool:
     seq = seq_of(req)
     return seq is not None and id(seq.unit) in lifecycle.held

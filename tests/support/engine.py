@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tests.support.server import engine_kv_report, wait_kv_idle
 
 
@@ -25,17 +27,27 @@ def assert_idle(engine) -> dict:
     return wait_kv_idle(lambda: engine_kv_report(engine))
 
 
-def start_engine(**kwargs):
+def start_engine(env: dict[str, str] | None = None, **kwargs):
     """An sglang.Engine whose own subprocesses are remembered, for `stop_engine`.
 
     It sleeps when idle, as the CPU profile's servers do: a polling idle scheduler takes
-    a whole core, and the engines of a module stay up while other work runs."""
+    a whole core, and the engines of a module stay up while other work runs. `env`:
+    variables its scheduler process reads at start-up, restored once it is running."""
     import sglang
 
     kwargs.setdefault("sleep_on_idle", True)
-    before = _child_pids()
-    llm = sglang.Engine(**kwargs)
-    llm._npr_test_pids = _child_pids() - before
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        before = _child_pids()
+        llm = sglang.Engine(**kwargs)
+        llm._npr_test_pids = _child_pids() - before
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     return llm
 
 
