@@ -52,8 +52,7 @@ def hold_units_on_pause(original, scheduler, recv_req, *args, **kwargs):
     if scheduler.is_generation and getattr(recv_req, "mode", None) == "retract":
         ctl = controller_for_any()
         if ctl is not None:
-            last = scheduler.last_batch
-            hold_all(ctl, [scheduler.running_batch, last if last is not scheduler.running_batch else None])
+            hold_all(ctl, scheduler.running_batch, scheduler.last_batch)
     return original(scheduler, recv_req, *args, **kwargs)
 
 

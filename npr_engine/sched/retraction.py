@@ -84,23 +84,24 @@ def hold(ctl, unit: Unit) -> None:
                 root.rid, len(live), sum(n for _, n, *_ in live))
 
 
-def hold_all(ctl, batches: list) -> None:
+def hold_all(ctl, running_batch, last_batch) -> None:
     """Hold every unit (SGLang's `pause_generation` in `retract` mode, before a weight
-    update: every KV is rebuilt under the new weights) and take their members out of
-    `batches`, so that SGLang re-queues only other requests."""
+    update: every KV is rebuilt under the new weights) and take their members out of the
+    batches SGLang is about to retract, so that it re-queues only other requests."""
     lifecycle = ctl.lifecycle
     units = {id(u): u for u in lifecycle.open_units.values()}
-    for batch in batches:
+    for batch in (running_batch, last_batch):
         for req in batch.reqs if batch is not None else ():
             if is_unit_member(req):
                 units.setdefault(id(seq_of(req).unit), seq_of(req).unit)
     for unit in units.values():
         hold(ctl, unit)
-    for batch in batches:
-        if batch is not None and not batch.is_empty():
-            left = [r for r in batch.reqs if is_held(lifecycle, r)]
-            if left:
-                batch.filter_batch(reqs_to_exclude=left)
+    left = [r for r in running_batch.reqs if is_held(lifecycle, r)] if running_batch is not None else []
+    if left:
+        running_batch.filter_batch(reqs_to_exclude=left)
+    if last_batch is not None and last_batch is not running_batch:
+        # NOTE: an extend batch SGLang drops right after reading its requests.
+        last_batch.reqs = [r for r in last_batch.reqs if not is_held(lifecycle, r)]
 
 
 def is_held(lifecycle, req) -> bool:
