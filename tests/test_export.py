@@ -178,7 +178,6 @@ def test_engine_logprobs_match_dense_forward_with_exported_mask(tiny, temperatur
 def test_forced_block_with_budget_closes_matches_dense_forward(tiny):
     """No script at all: the engine opens the block, writes the headers, closes every
     path at its budget and writes the join header; the model writes everything else."""
-    from npr_engine.sched.controller import forced_open_text
     from tests.support.engine import assert_idle
 
     model_dir, llm = tiny
@@ -196,7 +195,7 @@ def test_forced_block_with_budget_closes_matches_dense_forward(tiny):
     assert block["width"] == 3 and all(p["finish"] == "budget" for p in block["paths"])
     view = training_view(out, prompt)
     assert [idx for _, idx, *_ in out["meta_info"]["output_token_logprobs"]] == out["output_ids"]
-    expected_injected = (n_tokens(forced_open_text(schema, 3)) + n_tokens(schema.join_header)
+    expected_injected = (n_tokens(schema.forced_text(3)) + n_tokens(schema.join_header)
                          + sum(n_tokens(schema.header(i)) + n_tokens(schema.branch_close) for i in (1, 2, 3)))
     assert sum(view.injected) == expected_injected
     dense, _ = dense_logprobs(model_dir, view)

@@ -33,22 +33,11 @@ from npr_engine.sched.lifecycle import UnitLifecycle
 from npr_engine.sched.logprobs import extend_scores_match_steps, note_written, record_injected, score_written
 from npr_engine.sched.rebuild import note_causal
 from npr_engine.sched.state import Phase, Seq, Unit
+from npr_engine.sched.tp import sync_sampled_ids_across_tp
 
 logger = logging.getLogger("npr_engine")
 
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
-
-
-def _sync_sampled_ids_across_tp() -> None:
-    """Every tensor-parallel rank runs this controller on its own copy of the batch, and
-    every fork, join and injected token follows from the sampled ids: they must be the
-    same on every rank. SGLang 0.5.23 all-reduces them only with SYNC_TOKEN_IDS_ACROSS_TP
-    (read into a module global at import) or grammars; the global is read at each step."""
-    from sglang.srt.layers import sampler
-
-    if not sampler.SYNC_TOKEN_IDS_ACROSS_TP:
-        logger.info("NPR Engine: sampled token ids synchronised across tensor-parallel ranks")
-        sampler.SYNC_TOKEN_IDS_ACROSS_TP = True
 
 
 class Controller:
@@ -67,7 +56,7 @@ class Controller:
         # Counted once per model copy, as SGLang counts its own (tensor-parallel rank 0).
         self.metrics = NprMetrics(bool(get_observability().enable_metrics) and get_parallel().attn_tp_rank == 0)
         if get_parallel().tp_size > 1:
-            _sync_sampled_ids_across_tp()
+            sync_sampled_ids_across_tp()
         self.extends = ExtendQueue(scheduler)
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
@@ -393,11 +382,6 @@ def _append_injected(seq: Seq, tokens: list[int]) -> None:
     seq.req.output_ids.extend(tokens)
     seq.injected += len(tokens)
     note_written(seq, len(tokens))
-
-
-def forced_open_text(schema, paths: int) -> str:
-    """Text the engine writes to open a block itself (request option `force`)."""
-    return schema.forced_text(paths)
 
 
 _controllers: dict[int, Controller] = {}
