@@ -96,12 +96,18 @@ def hold_all(ctl, running_batch, last_batch) -> None:
                 units.setdefault(id(seq_of(req).unit), seq_of(req).unit)
     for unit in units.values():
         hold(ctl, unit)
-    left = [r for r in running_batch.reqs if is_held(lifecycle, r)] if running_batch is not None else []
-    if left:
-        running_batch.filter_batch(reqs_to_exclude=left)
+    if running_batch is not None:
+        _drop_held(lifecycle, running_batch)
     if last_batch is not None and last_batch is not running_batch:
         # NOTE: an extend batch SGLang drops right after reading its requests.
         last_batch.reqs = [r for r in last_batch.reqs if not is_held(lifecycle, r)]
+
+
+def _drop_held(lifecycle, batch) -> None:
+    """Take the members of held units out of `batch` (their KV is already freed)."""
+    left = [r for r in batch.reqs if is_held(lifecycle, r)]
+    if left:
+        batch.filter_batch(reqs_to_exclude=left)
 
 
 def is_held(lifecycle, req) -> bool:
@@ -119,9 +125,7 @@ def after_retract(ctl, batch, retracted: list, to_abort: list) -> tuple[list, li
     for req in to_abort:
         if is_held(lifecycle, req):
             req.to_finish = None  # SGLang's "out of memory" for its last request: held instead
-    left = [r for r in batch.reqs if is_held(lifecycle, r)]
-    if left:
-        batch.filter_batch(reqs_to_exclude=left)
+    _drop_held(lifecycle, batch)
     return ([r for r in retracted if not is_held(lifecycle, r)],
             [r for r in to_abort if not is_held(lifecycle, r)])
 
