@@ -6,7 +6,9 @@ plugin installs is timed, and SGLang's scheduler-thread time per busy step is me
 in the same run (the model's forward and sampling excluded). Per batch size B it runs
   outside   B plain requests with blocks enabled (the default) that open none
   inside   B requests each in a forced 2-path block for most of their tokens
-and prints, per step and per request-step, our time, SGLang's own, and their ratio.
+and prints, per busy step and per request-step, our time, SGLang's own, and their ratio
+(over all busy steps; and over decode steps alone, the steady state between forks and
+joins). Plugin time outside busy steps is printed apart.
 Targets (issue 12): ratio <= 5% outside blocks and <= 25% inside, at B = 256.
 
   python benchmarks/host_overhead.py --out bench_out [--batches 1 64 256] [--tokens 48]
@@ -35,9 +37,22 @@ def _clock(llm) -> dict:
 
 
 def _diff(after: dict, before: dict) -> dict:
-    d = {k: after[k] - before[k] for k in after if k != "by_hook"}
-    d["by_hook"] = {k: v - before["by_hook"].get(k, 0.0) for k, v in after["by_hook"].items()}
-    return d
+    kinds = {name: {key: v - before["kinds"][name][key] for key, v in k.items()} for name, k in after["kinds"].items()}
+    by_hook = {k: v - before["by_hook"].get(k, 0.0) for k, v in after["by_hook"].items()}
+    return {"kinds": kinds, "by_hook": by_hook,
+            "plugin_outside_steps": after["plugin_outside_steps"] - before["plugin_outside_steps"]}
+
+
+def _cost(k: dict) -> dict:
+    """Per step and per request-step: ours, SGLang's own (step - forward - ours), ratio."""
+    sglang = k["step"] - k["forward"] - k["plugin"]
+    steps, rsteps = max(k["steps"], 1), max(k["request_steps"], 1)
+    return {"steps": k["steps"], "rows_per_step": k["request_steps"] / steps,
+            "plugin_ms_per_step": 1e3 * k["plugin"] / steps, "sglang_ms_per_step": 1e3 * sglang / steps,
+            "forward_ms_per_step": 1e3 * k["forward"] / steps,
+            "plugin_us_per_request_step": 1e6 * k["plugin"] / rsteps,
+            "sglang_us_per_request_step": 1e6 * sglang / rsteps,
+            "ratio": k["plugin"] / sglang if sglang > 0 else float("inf")}
 
 
 def workload(kind: str, batch: int, tokens: int) -> tuple[list[str], dict]:
@@ -58,29 +73,24 @@ def measure(llm, kind: str, batch: int, tokens: int) -> dict:
     outs = llm.generate(prompts, params)
     d = _diff(_clock(llm), before)
     blocks = sum(len((o["meta_info"].get("npr_trace") or {}).get("blocks", [])) for o in outs)
-    sglang = d["step"] - d["forward"] - d["plugin"]
-    steps, rsteps = max(d["steps"], 1), max(d["request_steps"], 1)
-    return {
-        "kind": kind, "batch": batch, "steps": d["steps"], "request_steps": d["request_steps"],
-        "rows_per_step": d["request_steps"] / steps, "blocks": blocks,
-        "plugin_ms_per_step": 1e3 * d["plugin"] / steps, "sglang_ms_per_step": 1e3 * sglang / steps,
-        "forward_ms_per_step": 1e3 * d["forward"] / steps,
-        "plugin_us_per_request_step": 1e6 * d["plugin"] / rsteps,
-        "sglang_us_per_request_step": 1e6 * sglang / rsteps,
-        "ratio": d["plugin"] / sglang if sglang > 0 else float("inf"),
-        "hook_ms_per_step": {k: round(1e3 * v / steps, 4)
-                             for k, v in sorted(d["by_hook"].items(), key=lambda kv: -kv[1]) if v > 0},
-    }
+    both = {key: d["kinds"]["decode"][key] + d["kinds"]["extend"][key] for key in d["kinds"]["decode"]}
+    steps = max(both["steps"], 1)
+    return {"kind": kind, "batch": batch, "blocks": blocks, **_cost(both),
+            "decode_only": _cost(d["kinds"]["decode"]),
+            "plugin_ms_outside_steps": 1e3 * d["plugin_outside_steps"],
+            "hook_ms_per_step": {k: round(1e3 * v / steps, 4)
+                                 for k, v in sorted(d["by_hook"].items(), key=lambda kv: -kv[1]) if v > 0}}
 
 
-def _short(hook: str) -> str:
+def _short(key: str) -> str:
+    step, hook = key.split(" ", 1)
     kind, target = hook.split(":", 1)
-    return f"{kind} {target.rsplit('.', 1)[-1]}"
+    return f"[{step}] {kind} {target.rsplit('.', 1)[-1]}"
 
 
 def table(rows: list[dict]) -> str:
     lines = ["kind       B | steps rows/step blocks | ours ms/step  sglang ms/step  forward ms/step | "
-             "ours us/req  sglang us/req | ratio  target"]
+             "ours us/req  sglang us/req | ratio  target               | decode steps only"]
     for r in rows:
         target = TARGETS[r["kind"]] if r["batch"] == 256 else None
         mark = "" if target is None else (f" <= {target:.0%} " + ("met" if r["ratio"] <= target else "MISSED"))
@@ -88,7 +98,7 @@ def table(rows: list[dict]) -> str:
             f"{r['kind']:8s} {r['batch']:3d} | {r['steps']:5d} {r['rows_per_step']:9.1f} {r['blocks']:6d} | "
             f"{r['plugin_ms_per_step']:12.3f} {r['sglang_ms_per_step']:15.3f} {r['forward_ms_per_step']:16.3f} | "
             f"{r['plugin_us_per_request_step']:11.2f} {r['sglang_us_per_request_step']:14.2f} | "
-            f"{r['ratio']:5.1%}{mark}")
+            f"{r['ratio']:6.1%}{mark:21s}| {r['decode_only']['ratio']:6.1%}")
     return "\n".join(lines)
 
 
@@ -120,9 +130,11 @@ def main() -> None:
     (out / "host_overhead.json").write_text(json.dumps({"tokens": args.tokens, "rows": rows}, indent=1))
     print(f"tiny Qwen3 (tags as special tokens), CPU, {args.tokens} tokens per request / path")
     print(table(rows))
+    print("plugin time outside busy steps (not in the ratios; get_server_info calls, idle checks): "
+          + ", ".join(f"{r['kind']} B={r['batch']} {r['plugin_ms_outside_steps']:.1f} ms" for r in rows))
     print("where our time goes at the largest batch (ms per step, by hook):")
     for r in rows[-2:]:
-        top = list(r["hook_ms_per_step"].items())[:6]
+        top = list(r["hook_ms_per_step"].items())[:8]
         print(f"  {r['kind']:8s} " + ", ".join(f"{_short(k)} {v:.3f}" for k, v in top))
 
 

@@ -9,7 +9,10 @@ own time per step beside ours, in the same run (benchmarks/host_overhead.py)::
   forward     ModelRunner.forward and ModelRunner.sample (the device work, excluded)
   plugin      every moment inside one of our hooks, minus the original an AROUND hook
               calls (time is exclusive: a hook inside a hook counts once)
-  sglang      busy step - forward - plugin
+  sglang      busy step - forward - plugin (the plugin's time inside busy steps)
+
+Busy steps are kept apart by kind (`decode`, `extend`); plugin time outside them (an
+abort, a `get_server_info` call, an idle check) is reported as `plugin_outside_steps`.
 
 Time is charged to whatever mode is on top of a stack at each switch, so nesting in
 any order (our hook inside a stock call inside our hook) stays exact.
@@ -44,11 +47,16 @@ class HostClock:
         self._stack: list[str] = []
         self._mark = perf_counter()
         self._thread: int | None = None
-        self.seconds = {"plugin": 0.0, "forward": 0.0, "step": 0.0}
-        self.by_hook: dict[str, float] = {}  # plugin seconds by hook name
-        self.steps = 0
-        self.request_steps = 0  # sum over busy steps of the batch's request count
+        self.seconds = {"plugin": 0.0, "forward": 0.0}
+        # Plugin seconds by "<kind of the step it ran in> <hook name>" (kind "-": before the
+        # iteration's batch is known, or outside any step).
+        self.by_hook: dict[str, float] = {}
+        # Per kind of busy step: steps, request_steps (sum of batch sizes), step, forward, plugin.
+        self.kinds = {kind: dict.fromkeys(("steps", "request_steps", "step", "forward", "plugin"), 0)
+                      for kind in ("decode", "extend")}
         self.pending = 0.0  # this iteration's time before its batch (kept if one runs)
+        self._iter = (0.0, 0.0)  # plugin and forward seconds when this loop iteration began
+        self._kind: str | None = None  # the kind of the batch this iteration runs
 
     def _ours(self) -> bool:
         me = threading.get_ident()
@@ -73,11 +81,27 @@ class HostClock:
             self.seconds["forward"] += now - self._mark
         elif mode != "sglang":  # a hook's name
             self.seconds["plugin"] += now - self._mark
-            self.by_hook[mode] = self.by_hook.get(mode, 0.0) + now - self._mark
+            key = f"{self._kind or '-'} {mode}"
+            self.by_hook[key] = self.by_hook.get(key, 0.0) + now - self._mark
+
+    def begin_iteration(self) -> None:
+        self.pending, self._kind = 0.0, None
+        self._iter = (self.seconds["plugin"], self.seconds["forward"])
+
+    def end_step(self, seconds: float) -> None:
+        """The busy step of this iteration ended after `seconds` of its own time."""
+        if self._kind is None:
+            return
+        k = self.kinds[self._kind]
+        k["step"] += seconds
+        k["plugin"] += self.seconds["plugin"] - self._iter[0]
+        k["forward"] += self.seconds["forward"] - self._iter[1]
+        self._kind = None
 
     def report(self) -> dict:
-        return {**self.seconds, "steps": self.steps, "request_steps": self.request_steps,
-                "by_hook": dict(self.by_hook)}
+        inside = sum(k["plugin"] for k in self.kinds.values())
+        return {"kinds": {name: dict(k) for name, k in self.kinds.items()},
+                "plugin_outside_steps": self.seconds["plugin"] - inside, "by_hook": dict(self.by_hook)}
 
 
 CLOCK = HostClock()
@@ -111,7 +135,22 @@ def timed_hook(hook: Hook) -> Hook:
     return Hook(hook.target, hook.kind, _timed(hook.name, fn), hook.pinned)
 
 
+def time_methods(cls: type, ours: tuple[str, ...], stock: tuple[str, ...]) -> None:
+    """Time plugin code that is no hook (a class of ours SGLang calls into): the methods
+    in `ours` are charged to the plugin, those in `stock` (which call SGLang's) to SGLang."""
+    for name in ours:
+        setattr(cls, name, _timed(f"method:{cls.__name__}.{name}", getattr(cls, name)))
+    for name in stock:
+        setattr(cls, name, _timed("sglang", getattr(cls, name)))
+
+
 # -- the stock brackets ----------------------------------------------------------------
+
+
+def _ingest(original, scheduler, *args, **kwargs):
+    """ingest_requests begins each loop iteration."""
+    CLOCK.begin_iteration()
+    return _until_batch(original, scheduler, *args, **kwargs)
 
 
 def _until_batch(original, scheduler, *args, **kwargs):
@@ -124,23 +163,23 @@ def _until_batch(original, scheduler, *args, **kwargs):
 
 
 def _run_batch(original, scheduler, batch, *args, **kwargs):
-    CLOCK.steps += 1
-    CLOCK.request_steps += len(batch.reqs)
-    return _in_step(original, scheduler, batch, *args, **kwargs)
+    CLOCK._kind = "decode" if batch.forward_mode.is_decode() else "extend"
+    k = CLOCK.kinds[CLOCK._kind]
+    k["steps"] += 1
+    k["request_steps"] += len(batch.reqs)
+    start = perf_counter()
+    try:
+        return original(scheduler, batch, *args, **kwargs)
+    finally:
+        CLOCK.pending += perf_counter() - start
 
 
-def _in_step(original, scheduler, *args, **kwargs):
+def _process_result(original, scheduler, *args, **kwargs):
     start = perf_counter()
     try:
         return original(scheduler, *args, **kwargs)
     finally:
-        CLOCK.seconds["step"] += perf_counter() - start + CLOCK.pending
-        CLOCK.pending = 0.0
-
-
-def _idle(original, scheduler, *args, **kwargs):
-    CLOCK.pending = 0.0  # an iteration that ran no batch
-    return original(scheduler, *args, **kwargs)
+        CLOCK.end_step(perf_counter() - start + CLOCK.pending)
 
 
 def _device(original, *args, **kwargs):
@@ -150,11 +189,10 @@ def _device(original, *args, **kwargs):
 def profile_hooks() -> list[Hook]:
     """The stock brackets (installed only when profiling)."""
     return [
-        Hook(f"{_SCHED}.ingest_requests", Kind.AROUND, _until_batch),
+        Hook(f"{_SCHED}.ingest_requests", Kind.AROUND, _ingest),
         Hook(f"{_SCHED}.get_next_batch_to_run", Kind.AROUND, _until_batch),
         Hook(f"{_SCHED}.run_batch", Kind.AROUND, _run_batch),
-        Hook(f"{_SCHED}.process_batch_result", Kind.AROUND, _in_step),
-        Hook(f"{_SCHED}.on_idle", Kind.AROUND, _idle),
+        Hook(f"{_SCHED}.process_batch_result", Kind.AROUND, _process_result),
         Hook(f"{_RUNNER}.forward", Kind.AROUND, _device),
         Hook(f"{_RUNNER}.sample", Kind.AROUND, _device),
     ]

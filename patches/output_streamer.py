@@ -14,8 +14,10 @@ deltas wait for its next chunk (after the join).
 
 from __future__ import annotations
 
+from npr_engine import host_clock
 from npr_engine.core.trace import TRACE_KEY
 from npr_engine.hooks import Hook, Kind
+from npr_engine.sched.controller import controller_for_any
 from npr_engine.sched.deltas import DELTAS_KEY, parked_roots, take_deltas
 from npr_engine.sched.state import seq_of
 
@@ -39,9 +41,12 @@ def npr_streamer(base: type) -> type:
         __slots__ = ()
 
         def stream_output(self, reqs, return_logprob, skip_req=None):
-            visible = [r for r in reqs if not _is_branch(r)] + parked_roots(reqs)
+            visible = _not_branches(reqs) + parked_roots(reqs)
             if visible:
-                super().stream_output(visible, return_logprob, skip_req)
+                self.stock_stream_output(visible, return_logprob, skip_req)
+
+        def stock_stream_output(self, reqs, return_logprob, skip_req):
+            base.stream_output(self, reqs, return_logprob, skip_req)
 
         def build_additional_customized_info(self, reqs):
             # `reqs` are the requests whose chunk is sent now: their deltas go with it.
@@ -56,12 +61,23 @@ def npr_streamer(base: type) -> type:
             return info
 
     NprOutputStreamer.__name__ = f"Npr{base.__name__}"
+    if host_clock.enabled():  # our methods are plugin time, the stock call SGLang's
+        host_clock.time_methods(NprOutputStreamer, ours=("stream_output", "build_additional_customized_info"),
+                                stock=("stock_stream_output",))
     return NprOutputStreamer
 
 
-def _is_branch(req) -> bool:
-    seq = seq_of(req)
-    return seq is not None and seq.is_branch
+def _not_branches(reqs) -> list:
+    """`reqs` without branch requests; for the running batch once per partition of the
+    controller (npr_engine/sched/calm.py), not per step."""
+    ctl = controller_for_any()
+    rows = ctl.rows.of(reqs) if ctl is not None else None
+    visible = rows.cache.get("visible") if rows is not None else None
+    if visible is None:
+        visible = [r for r in reqs if (s := r.__dict__.get("npr")) is None or s.block is None]
+        if rows is not None:
+            rows.cache["visible"] = visible
+    return visible
 
 
 def use_npr_streamer(cls, scheduler, *args, **kwargs):

@@ -34,21 +34,27 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
     mode = forward_batch.forward_mode
     if not (mode.is_decode() or mode in (ForwardMode.EXTEND, ForwardMode.MIXED)):
         return forward_batch
+    rows = None
     if mode.is_decode():
-        # Calm and untracked rows never shift: when the controller's partition describes
-        # this batch, only its other rows need a look (npr_engine/sched/controller.py).
+        # While the controller's partition describes this batch (npr_engine/sched/calm.py),
+        # its rows' shifts are the same each step: computed once, kept in the partition.
         ctl = controller_for_any()
-        others = ctl.rows_needing_work(batch.reqs) if ctl is not None else None
-        if others is not None and not any(_shifts(seq_of(r)) for r in others):
-            return forward_batch
+        rows = ctl.rows.of(batch.reqs) if ctl is not None else None
+        cached = rows.cache.get("shift") if rows is not None else None
+        if cached is not None:
+            return _apply(forward_batch, mode, *cached)
     seqs = [seq_of(req) for req in batch.reqs]
     shifted = sum(1 for s in seqs if _shifts(s))
     if not shifted:
+        if rows is not None:
+            rows.cache["shift"] = (None, 0)
         return forward_batch
     if mode.is_decode():
         # The token computed is at kv index seq_len - 1 (its stock position).
         lens = forward_batch.seq_lens_cpu.tolist()
         shift = [_offset(s, n - 1) for s, n in zip(seqs, lens, strict=True)]
+        # Constant from here on unless a row is still before its pre_until.
+        steady = all(s is None or n - 1 >= s.pre_until for s, n in zip(seqs, lens, strict=True))
     else:
         # positions: [extend_num_tokens], each request's extend tokens back to back
         shift = []
@@ -58,9 +64,17 @@ def shift_positions(forward_batch, cls, batch, *args, **kwargs):
                 shift += [_offset(s, i) for i in range(start, start + n)]
             else:
                 shift += [_offset(s, start)] * n
-    SHIFTED[mode.name.lower()] += shifted
-    offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype)
-    forward_batch.positions = forward_batch.positions - offsets.to(forward_batch.positions.device)
+        steady = False
+    offsets = torch.tensor(shift, dtype=forward_batch.positions.dtype).to(forward_batch.positions.device)
+    if rows is not None and steady:
+        rows.cache["shift"] = (offsets, shifted)
+    return _apply(forward_batch, mode, offsets, shifted)
+
+
+def _apply(forward_batch, mode, offsets, shifted: int):
+    if offsets is not None:
+        SHIFTED[mode.name.lower()] += shifted
+        forward_batch.positions = forward_batch.positions - offsets
     return forward_batch
 
 

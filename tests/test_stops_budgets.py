@@ -55,3 +55,24 @@ def test_stop_string_before_a_block_ends_the_reply_before_it(engine):
     assert out["meta_info"]["npr_trace"]["blocks"] == []
     assert "<parallel>" not in out["text"]
     assert_idle(engine)
+
+
+def _calm_row_steps(engine) -> int:
+    return engine.get_server_info()["internal_states"][0]["npr_calm_row_steps"]
+
+
+def test_quiet_branches_close_at_their_budget(engine):
+    """Branches writing plain text are skipped by the controller (npr_engine/sched/calm.py)
+    until an id that may start a tag, or the step where their budget could end them:
+    they still close exactly at the budget, side by side the whole time."""
+    words = " ".join(["word"] * 60)
+    before = _calm_row_steps(engine)
+    out, _ = run_script(engine, ["Go ", Blk([Pth([words]), Pth([words])]), " end"], npr={"max_path_tokens": 24})
+    skipped = _calm_row_steps(engine) - before
+    trace = out["meta_info"]["npr_trace"]
+    (block,) = trace["blocks"]
+    assert [(p["finish"], p["tokens"]) for p in block["paths"]] == [("budget", 24), ("budget", 24)]
+    assert trace["parallel_rate"] == 1.0
+    # Most of each path's steps were skipped (all but its first and last few).
+    assert skipped >= 2 * 12, skipped
+    assert_idle(engine)

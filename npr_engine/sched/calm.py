@@ -9,8 +9,13 @@ from us unless the sampled id may start a tag:
 - A *calm* root (`is_calm`: outside any tag, nothing pending, no block yet) is skipped
   by the controller until it samples a loud id (`Rows.wake`), its decoder then resumed
   after the ids it never saw (`resume_decoder`).
+- A *quiet* branch (`quiet_steps`: writing path text outside any tag, nothing pending,
+  no live text wanted) is skipped the same way, and also woken at the first decode step
+  where its budget or its unit's token limit could end it (`Seq.wake_step`), or when
+  its unit forks or joins (`Partition.wake_unit`: the unit's growth per step changes).
 - `Rows`: a decode batch's partition into calm and other tracked rows, so a step looks
-  at the others only.
+  at the others only; the quiet branches of each block are counted for its parallel-rate
+  counters.
 """
 
 from __future__ import annotations
@@ -69,43 +74,103 @@ def is_calm(loud: LoudIds, seq: Seq) -> bool:
             and not parser.pending and seq.decoder.settled and not seq.req.finished() and loud.covers(seq.schema))
 
 
+def quiet_steps(ctl, seq: Seq) -> int:
+    """For a branch that just committed a token: how many of the next decode steps need
+    nothing from the controller (0: look at it every step).
+
+    They must not reach the step where its budget or its unit's `max_new_tokens` would
+    end it: its own tokens grow by one a step, the unit's tokens (with the closing
+    reserve) by at most one per live branch (forks and joins wake the unit)."""
+    req, parser = seq.req, seq.parser
+    if (seq.forced or seq.close_reason is not None or seq.tailing or seq.pending_fork is not None
+            or seq.phase is not Phase.ACTIVE or seq.child is not None or seq.stage is not None
+            or parser.state not in _TAG_ONLY_STATES or parser.pending or not seq.decoder.settled
+            or seq.unit.root.req.stream or req.finished() or not ctl.loud.covers(seq.schema)):
+        return 0
+    table = ctl.loud.table
+    if not all(table[e] for e in req.eos_token_ids or ()) or (ctl._eos_id is not None and not table[ctl._eos_id]):
+        return 0  # an EOS must wake it (it closes the branch)
+    fj = ctl.forkjoin
+    steps = seq.unit.root.req.sampling_params.max_new_tokens - fj.unit_tokens(seq.unit) - fj.closing_reserve(seq.unit)
+    live = fj.live_count(seq.unit)
+    steps = -(-steps // live) if steps > 0 else 0
+    limit = seq.options.max_path_tokens
+    if limit is not None:
+        steps = min(steps, limit - ctl.close_count(seq) - seq.own_tokens())
+    return steps - 1 if steps > 2 else 0  # one step of margin
+
+
 def resume_decoder(req) -> None:
-    """A calm root leaves calm: its decoder goes on after the ids it never saw."""
+    """A calm root or quiet branch leaves calm: its decoder goes on after the ids it never saw."""
     req.npr.calm = False
     end = len(req.output_ids)
     req.npr.decoder.resume(req.output_ids[max(end - DECODE_CONTEXT, 0):end])
 
 
 class Rows:
-    """Which rows of a decode batch the controller looks at each step: `calm` roots (one
-    id check against the loud ids) and `other` tracked ones; untracked rows in neither.
+    """Which rows of a decode batch the controller looks at each step: `calm` rows (one
+    id check against the loud ids; quiet branches also an alarm at their wake step) and
+    `other` tracked ones; untracked rows in neither.
 
     NOTE: valid while `batch.reqs` is the same list object: SGLang 0.5.23 replaces the
     list whenever the batch changes (filter_batch, merge_batch) and never edits it in
     place. Holding the list keeps its id from being reused. Rows move between the two
-    sets as they wake (`wake`) and calm down (seen calm in `other`).
+    sets as they wake (`wake`) and calm down (`add_calm`). `cache` holds what hooks derive
+    from the partition's requests (their position shifts, the rows that are streamed).
     """
 
-    __slots__ = ("reqs", "calm", "other")
+    __slots__ = ("reqs", "calm", "other", "alarms", "quiet_blocks", "cache")
 
-    def __init__(self, reqs: list) -> None:
+    def __init__(self, reqs: list, step: int) -> None:
         self.reqs = reqs
         self.calm: set[int] = set()
-        self.other: set[int] = {i for i, req in enumerate(reqs) if req.__dict__.get("npr", UNSEEN) is not None}
+        self.other: set[int] = set()
+        self.alarms: dict[int, list[int]] = {}  # decode step -> quiet rows to wake then
+        self.quiet_blocks: dict[int, list] = {}  # id(block) -> [block, its quiet rows]
+        self.cache: dict = {}
+        for i, req in enumerate(reqs):
+            seq = req.__dict__.get("npr", UNSEEN)
+            if seq is None:
+                continue
+            if seq is not UNSEEN and seq.calm:
+                if seq.block is None or seq.wake_step > step:
+                    self.add_calm(i, seq)
+                    continue
+                resume_decoder(req)  # its alarm is due
+            self.other.add(i)
 
-    def needing_work(self, reqs) -> list | None:
-        """The requests of `reqs` in `other`, if this partition describes exactly that
-        list of requests (the positions hook gets a copy of it), else None."""
-        if len(self.reqs) != len(reqs) or self.reqs != reqs:
-            return None
-        return [self.reqs[i] for i in self.other]
+    def add_calm(self, i: int, seq: Seq) -> None:
+        self.calm.add(i)
+        if seq.block is not None:
+            self.alarms.setdefault(seq.wake_step, []).append(i)
+            quiet = self.quiet_blocks.get(id(seq.block))
+            if quiet is None:
+                self.quiet_blocks[id(seq.block)] = [seq.block, 1]
+            else:
+                quiet[1] += 1
 
-    def wake(self, table: bytes, sampled: list[int]) -> list[int]:
-        """Calm rows whose sampled id may start a tag, moved to `other`."""
-        woken = [i for i in self.calm if table[sampled[i]]]
+    def describes(self, reqs) -> bool:
+        return reqs is self.reqs or (len(self.reqs) == len(reqs) and self.reqs == reqs)
+
+    def wake(self, table: bytes, sampled: list[int], step: int) -> list[int]:
+        """Calm rows whose sampled id may start a tag, or whose alarm is due: moved to
+        `other`, their decoders resumed."""
+        woken = {i for i in self.calm if table[sampled[i]]}
+        due = self.alarms.pop(step, None)
+        if due:
+            woken.update(i for i in due if i in self.calm)  # (a row woken before may be calm again)
         self.calm.difference_update(woken)
         self.other.update(woken)
-        return woken
+        for i in woken:
+            req = self.reqs[i]
+            block = req.npr.block
+            if block is not None:
+                quiet = self.quiet_blocks[id(block)]
+                quiet[1] -= 1
+                if not quiet[1]:
+                    del self.quiet_blocks[id(block)]
+            resume_decoder(req)
+        return sorted(woken)
 
 
 def _id_table(ids: frozenset[int], size: int) -> bytes:
@@ -125,3 +190,44 @@ def _first_chars(name: str) -> frozenset[str]:
         return _schema_first_chars(get_schema(name))
     except (ValueError, OSError):
         return frozenset()  # a bad --tag-schema is reported by the launcher
+
+
+class Partition:
+    """The controller's view of the running batch: its `Rows`, kept while its request
+    list is the same object, and the decode-step count quiet branches wake by."""
+
+    def __init__(self) -> None:
+        self.rows: Rows | None = None
+        self.step = 0  # decode steps so far
+        self.calm_row_steps = 0  # rows skipped as calm, summed over decode steps (internal state)
+
+    def next_step(self, batch) -> Rows:
+        """A decode step's result: the batch's partition."""
+        self.step += 1
+        rows = self.rows
+        if rows is None or rows.reqs is not batch.reqs:
+            rows = self.rows = Rows(batch.reqs, self.step)
+        return rows
+
+    def wake(self, rows: Rows, table: bytes, sampled: list[int]) -> None:
+        rows.wake(table, sampled, self.step)
+        self.calm_row_steps += len(rows.calm)
+
+    def of(self, reqs) -> Rows | None:
+        """The partition, if it describes exactly `reqs` (a hook's copy of the running
+        batch's request list), else None."""
+        rows = self.rows
+        return rows if rows is not None and rows.describes(reqs) else None
+
+    def quiet_blocks(self, batch):
+        """[block, its quiet branches] for the step `batch` just ran."""
+        rows = self.rows
+        return rows.quiet_blocks.values() if rows is not None and rows.reqs is batch.reqs else ()
+
+    def wake_unit(self, branches) -> None:
+        """A fork or join changes how fast a unit grows: its quiet branches (of
+        `branches`, its live ones) are looked at from the next step on."""
+        for seq in branches:
+            if seq.calm:
+                seq.wake_step = 0
+                self.rows = None  # rebuilt, with these rows in `other`

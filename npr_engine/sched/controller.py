@@ -25,7 +25,7 @@ from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
 from npr_engine.sched.batches import park
-from npr_engine.sched.calm import UNSEEN, LoudIds, Rows, is_calm, new_text, resume_decoder
+from npr_engine.sched.calm import UNSEEN, LoudIds, Partition, is_calm, new_text, quiet_steps, resume_decoder
 from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
@@ -61,7 +61,7 @@ class Controller:
         self.multi_token = env().inject == "extend"
         self.lifecycle = UnitLifecycle(self)
         self._busy: tuple | None = None  # (batch, the requests after_result looks at)
-        self._rows: Rows | None = None  # the running batch's partition (before_result)
+        self.rows = Partition()  # the running batch's calm and other rows (sched/calm.py)
         # A unit's tokens + closing reserve, once per step (_branch_end_reason).
         self._unit_totals: dict[int, int] = {}
 
@@ -163,9 +163,13 @@ class Controller:
         decode = mode.is_decode()
         self._unit_totals.clear()
         busy: list = []  # the requests after_result looks at (every tracked one but the calm)
-        calm: list[int] = []
         reqs = batch.reqs
-        rows = self._rows_of(batch) if decode else None
+        rows = None
+        if decode:
+            rows = self.rows.next_step(batch)
+            if rows.calm:
+                sampled = result.next_token_ids.tolist()
+                self.rows.wake(rows, self.loud.table, sampled)  # woken rows join `other`
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
             req = reqs[i]
             seq = req.__dict__.get("npr", UNSEEN)
@@ -179,11 +183,15 @@ class Controller:
                     if rows is not None:
                         rows.other.discard(i)
                     continue
-            elif seq.calm:
+            elif seq.calm:  # calm since the last step's after_result
                 if decode:
-                    calm.append(i)
-                    continue
-                resume_decoder(req)  # a calm root in an extend (a retracted one's prefill)
+                    if sampled is None:
+                        sampled = result.next_token_ids.tolist()
+                    if not self.loud.table[sampled[i]]:
+                        rows.other.discard(i)
+                        rows.add_calm(i, seq)
+                        continue
+                resume_decoder(req)  # a loud id at once, or an extend (a retracted one's prefill)
             busy.append(req)
             if not self._commits_token(batch, req):
                 continue
@@ -195,17 +203,6 @@ class Controller:
             token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
-        if rows is not None and (calm or rows.calm):
-            rows.other.difference_update(calm)  # became calm since the partition
-            rows.calm.update(calm)
-            if sampled is None:
-                sampled = result.next_token_ids.tolist()
-            for i in rows.wake(self.loud.table, sampled):
-                req = reqs[i]
-                resume_decoder(req)
-                if self._commits_token(batch, req):
-                    req._npr_prev_len = len(req.output_ids)
-                busy.append(req)
         self._busy = (batch, busy)
         if not decode:
             score_written(batch, result)  # injected tokens an extend step computed
@@ -216,17 +213,6 @@ class Controller:
             result.next_token_ids[i] = token
             row = batch.reqs[i].kv.req_pool_idx
             self.scheduler.future_map.output_tokens_buf[row] = token
-
-    def _rows_of(self, batch) -> Rows:
-        """The decode batch's partition, kept while its request list is the same object."""
-        rows = self._rows
-        if rows is None or rows.reqs is not batch.reqs:
-            rows = self._rows = Rows(batch.reqs)
-        return rows
-
-    def rows_needing_work(self, reqs) -> list | None:
-        """Rows.needing_work of the current partition (the positions hook), or None."""
-        return None if self._rows is None else self._rows.needing_work(reqs)
 
     @staticmethod
     def _commits_token(batch, req) -> bool:
@@ -337,20 +323,23 @@ class Controller:
             elif seq.pending_fork is not None and not seq.forced:
                 to_fork.append((seq, seq.pending_fork))
                 seq.pending_fork = None
-        self.forkjoin.count_parallel(stepped, to_park)
+        quiet = self.rows.quiet_blocks(batch)
+        self.forkjoin.count_parallel(stepped, to_park, quiet)
         self.forkjoin.park(batch, to_park)
-        for seq, plan_items in to_fork:
-            self.forkjoin.fork(batch, seq, plan_items)
+        forked = [seq for seq, plan_items in to_fork if self.forkjoin.fork(batch, seq, plan_items)]
         # Written tokens that no fork took over (a fork's branches compute them).
         extending = [s for s in to_extend if s.phase is Phase.ACTIVE and not s.req.finished()]
-        park(batch, [s.req for s in extending])
+        park(batch, [s.req for s in forked + extending])  # one filter of the batch
         for seq in extending:
             self.queue_extend(seq)
-        self.forkjoin.join_ready([s.block for s in to_park])
-        for seq in to_stage:
-            staged.next_stage(self.forkjoin, batch, seq)
+        if to_park or to_stage:
+            self.forkjoin.join_step(batch, [s.block for s in to_park], to_stage)
         for seq in roots:
             seq.calm = is_calm(self.loud, seq)
+        for seq in stepped:
+            steps = quiet_steps(self, seq)
+            if steps:
+                seq.calm, seq.wake_step = True, self.rows.step + 1 + steps
 
     def _separate(self, seq: Seq, plan_items: tuple[str, ...], to_extend: list[Seq]) -> None:
         """At a fork point: write the schema's separator, then fork (once it is written,

@@ -19,6 +19,9 @@ from npr_engine.sched.state import Phase, Seq, seq_of
 DELTAS_KEY = "npr_branch_deltas"
 # Attribute of the root `Req` holding its unsent deltas, by (block id, path index).
 _PENDING = "_npr_branch_deltas"
+# Roots holding unsent deltas (by id): the output streamer looks for parked roots only
+# while there are some (one scheduler per process).
+_WAITING: dict[int, object] = {}
 
 
 def note_branch_text(seq: Seq, text: str) -> None:
@@ -29,6 +32,7 @@ def note_branch_text(seq: Seq, text: str) -> None:
     if not root.stream:
         return  # non-streaming replies carry no deltas: nothing is kept
     pending: dict = root.__dict__.setdefault(_PENDING, {})
+    _WAITING[id(root)] = root
     key = (seq.block.trace.id, seq.path.index)
     item = pending.get(key)
     if item is None:
@@ -40,6 +44,8 @@ def note_branch_text(seq: Seq, text: str) -> None:
 def take_deltas(req) -> list[dict]:
     """The request's unsent deltas, now considered sent."""
     pending = req.__dict__.pop(_PENDING, None)
+    if pending is not None:
+        _WAITING.pop(id(req), None)
     return list(pending.values()) if pending else []
 
 
@@ -49,6 +55,10 @@ def parked_roots(reqs) -> list:
     NOTE: a parked root is in no batch, so no stock call streams it; adding it to the
     batch's own stream_output call sends an empty chunk (no new tokens) carrying the deltas.
     """
+    if not _WAITING:
+        return []
+    for key in [k for k, root in _WAITING.items() if root.finished()]:
+        del _WAITING[key]  # its last chunk takes its deltas
     present = {id(r) for r in reqs}
     roots: dict[int, object] = {}
     for req in reqs:

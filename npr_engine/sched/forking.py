@@ -45,10 +45,17 @@ class ForkJoin:
         count = self.ctl.close_count
         return sum((len(s.forced) if s.close_reason else count(s)) + 1 for s in _live_branches(unit.root))
 
-    def count_parallel(self, stepped: list[Seq], closing: list[Seq]) -> None:
-        """Parallel-rate counters: a branch token counts as parallel if a sibling also ran."""
+    def live_count(self, unit: Unit) -> int:
+        return sum(1 for _ in _live_branches(unit.root))
+
+    def count_parallel(self, stepped: list[Seq], closing: list[Seq], quiet=()) -> None:
+        """Parallel-rate counters: a branch token counts as parallel if a sibling also ran.
+        `quiet`: [block, how many of its quiet branches stepped] (calm.Rows)."""
         blocks: dict[int, object] = {}
         decoded = Counter(id(seq.block) for seq in stepped if seq.block is not None)
+        for block, n in quiet:
+            decoded[id(block)] += n
+            blocks[id(block)] = block.trace
         ran = decoded + Counter(id(seq.block) for seq in closing if seq.block is not None)
         for seq in stepped:
             if seq.block is not None:
@@ -68,7 +75,9 @@ class ForkJoin:
 
     # -- fork ---------------------------------------------------------------------------
 
-    def fork(self, batch, seq: Seq, plan_items: tuple[str, ...]) -> None:
+    def fork(self, batch, seq: Seq, plan_items: tuple[str, ...]) -> bool:
+        """Fork `seq` (or fall back to sequential text: False). The caller parks the
+        parent (one filter of the batch for every fork of a step)."""
         width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
         width = max(width, 1)
         ids = seq.schema.path_ids(plan_items, width)
@@ -88,7 +97,7 @@ class ForkJoin:
         if reason is not None:
             # The parser keeps reading the block as sequential text.
             self.ctl.metrics.fallback(reason)
-            return
+            return False
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
         if not seq.is_branch and seq.unit.causal_len is None:
@@ -108,11 +117,13 @@ class ForkJoin:
         seq.unit.blocks_open += 1
         self.ctl.lifecycle.opened(seq.unit)
         self.ctl.metrics.forked(width)
-        park(batch, [parent])
+        self.ctl.rows.wake_unit(_live_branches(seq.unit.root))
         self._start_branches(block)
-        self._debug("fork", rid=parent.rid, uncommitted=uncommitted,
-                    prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
-                    rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
+        if self.ctl.debug_events is not None:
+            self._debug("fork", rid=parent.rid, uncommitted=uncommitted,
+                        prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
+                        rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
+        return True
 
     def _start_branches(self, block: Block) -> None:
         """Each branch computes the parent's uncommitted tokens and its header: in one
@@ -206,6 +217,19 @@ class ForkJoin:
 
     # -- join ---------------------------------------------------------------------------
 
+    def join_step(self, batch, blocks: list[Block], to_stage: list[Seq]) -> None:
+        """A step's joins (blocks whose branches may all be parked) and staged-join
+        stages, their frees in one group as SGLang frees a step's (each free copies the
+        allocator's free list)."""
+        allocator = self.scheduler.token_to_kv_pool_allocator
+        allocator.free_group_begin()
+        try:
+            self.join_ready(blocks)
+            for seq in to_stage:
+                staged.next_stage(self, batch, seq)
+        finally:
+            allocator.free_group_end()
+
     def join_ready(self, blocks: list[Block]) -> None:
         seen = set()
         for block in blocks:
@@ -214,6 +238,7 @@ class ForkJoin:
                 self.join(block)
 
     def join(self, block: Block) -> None:
+        self.ctl.rows.wake_unit(_live_branches(block.parent.unit.root))
         if staged.applies(self, block):
             staged.begin(self, block)
             return
@@ -248,8 +273,9 @@ class ForkJoin:
         # The joined token ids do not describe their KV positions: keep it out of the tree.
         parent.skip_radix_cache_insert = True
         seq.decoder.push(parent.output_ids[fork_len:])
-        self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
-                    freed=duplicates.tolist())
+        if self.ctl.debug_events is not None:
+            self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
+                        freed=duplicates.tolist())
         self.joined(seq, block)
         self._resume(seq, block)
         self.ctl.lifecycle.closed(seq.unit)

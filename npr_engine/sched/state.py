@@ -25,7 +25,7 @@ class Phase(Enum):
     EXTEND = "extend"  # out of every batch until its injected tokens run as one extend
 
 
-@dataclass
+@dataclass(eq=False)  # these three compare and hash by identity
 class Unit:
     root: Seq | None
     trace: RequestTrace
@@ -38,7 +38,7 @@ class Unit:
     causal_len: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Seq:
     req: object  # sglang Req
     unit: Unit
@@ -65,7 +65,10 @@ class Seq:
     tailing: bool = False  # branch: close tag written, its tail being injected
     close_len: int | None = None  # branch: KV length through its close tag (join position)
     stage: Block | None = None  # parent: the block its staged join is moving in (sched/staged.py)
-    calm: bool = False  # a root the controller skips until it samples a loud id (sched/calm.py)
+    # Skipped by the controller until it samples a loud id (sched/calm.py): a calm root,
+    # or a quiet branch, which is also looked at again at decode step `wake_step`.
+    calm: bool = False
+    wake_step: int = 0
     # How the row was written, for a rebuild after retraction (npr_engine/sched/rebuild.py).
     pieces: list = field(default_factory=list)
     after_extend: Phase = Phase.ACTIVE  # the phase an extend step returns the sequence to
@@ -79,7 +82,7 @@ class Seq:
         return len(self.req.output_ids) - self.fork_out_len
 
 
-@dataclass
+@dataclass(eq=False)
 class Block:
     trace: BlockTrace
     parent: Seq
