@@ -166,14 +166,6 @@ class TagParser:
         self._plan_start = 0
         self._ctx = ("", 0)
         self._seq = SequentialBlocks(schema, 0)
-        self._handlers: dict[ParserState, Callable[[frozenset[str], str, int], None]] = {
-            ParserState.OUTSIDE: self._outside,
-            ParserState.OPEN: self._open,
-            ParserState.PLAN: self._plan,
-            ParserState.FORKED: self._forked,
-            ParserState.SUMMARY: self._summary,
-            ParserState.AFTER_SUMMARY: self._after_summary,
-        }
 
     @property
     def offset(self) -> int:
@@ -203,7 +195,7 @@ class TagParser:
             before, self._events = self.state, []
             kinds = self._kinds[tag]
             if before is ParserState.FORKED or kinds != _BRANCH_OPEN:
-                self._handlers[before](kinds, tag, end)
+                _HANDLERS[before](self, kinds, tag, end)
             hits.append(TagHit(tag, end - len(tag), end, before, self.state, tuple(self._events)))
         if self.state is ParserState.FORKED and self._fed > self._seq.start:
             self._seq.fed = True
@@ -338,3 +330,14 @@ class TagParser:
         else:
             name = f"stray_{kind}"
         self._malformed(name, end)
+
+
+# The parser's state handlers: (parser, kinds of the matched tag, the tag, its end offset).
+_HANDLERS: dict[ParserState, Callable[[TagParser, frozenset[str], str, int], None]] = {
+    ParserState.OUTSIDE: TagParser._outside,
+    ParserState.OPEN: TagParser._open,
+    ParserState.PLAN: TagParser._plan,
+    ParserState.FORKED: TagParser._forked,
+    ParserState.SUMMARY: TagParser._summary,
+    ParserState.AFTER_SUMMARY: TagParser._after_summary,
+}

@@ -9,9 +9,12 @@ from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
 
 
 def park(batch: ScheduleBatch, reqs: list) -> None:
-    """Take `reqs` out of `batch` without touching their KV (filter_batch frees nothing)."""
+    """Take `reqs` out of `batch` without touching their KV (filter_batch frees nothing).
+    Finished requests leave with them, as filter_batch's own `reqs_to_exclude` has it
+    (whose list lookup per request would cost len(batch) x len(reqs) comparisons)."""
     if reqs:
-        batch.filter_batch(reqs_to_exclude=list(reqs))
+        out = {id(r) for r in reqs}
+        batch.filter_batch(keep_indices=[i for i, r in enumerate(batch.reqs) if id(r) not in out and not r.finished()])
 
 
 def new_batch(scheduler, reqs: list) -> ScheduleBatch:

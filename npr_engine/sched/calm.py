@@ -20,6 +20,8 @@ from us unless the sampled id may start a tag:
 
 from __future__ import annotations
 
+import numpy as np
+
 from npr_engine.config import env
 from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.special import loud_ids
@@ -41,7 +43,13 @@ class LoudIds:
         self.chars = frozenset(c for name in {*known_schemas(), env().tag_schema} for c in _first_chars(name))
         self.ids = loud_ids(tokenizer, self.chars) if tokenizer is not None else None
         self.table = _id_table(self.ids, vocab_size) if self.ids is not None else None  # a byte per id
+        # The same table as an array, to screen a whole step's ids at once (`loud_rows`).
+        self.array = np.frombuffer(self.table, dtype=np.uint8).astype(bool) if self.table is not None else None
         self._covers: dict[str, bool] = {}  # by schema name
+
+    def loud_rows(self, host_ids: np.ndarray) -> list[int]:
+        """Rows of a step whose sampled id (on the host) may start a tag."""
+        return np.flatnonzero(self.array[host_ids]).tolist()
 
     def covers(self, schema) -> bool:
         """Whether the loud ids cover every tag of `schema` (a schema file of the
@@ -152,10 +160,11 @@ class Rows:
     def describes(self, reqs) -> bool:
         return reqs is self.reqs or (len(self.reqs) == len(reqs) and self.reqs == reqs)
 
-    def wake(self, table: bytes, sampled: list[int], step: int) -> list[int]:
-        """Calm rows whose sampled id may start a tag, or whose alarm is due: moved to
-        `other`, their decoders resumed."""
-        woken = {i for i in self.calm if table[sampled[i]]}
+    def wake(self, loud_rows: list[int], step: int) -> list[int]:
+        """Calm rows whose sampled id may start a tag (of `loud_rows`), or whose alarm is
+        due: moved to `other`, their decoders resumed."""
+        calm = self.calm
+        woken = {i for i in loud_rows if i in calm}
         due = self.alarms.pop(step, None)
         if due:
             woken.update(i for i in due if i in self.calm)  # (a row woken before may be calm again)
@@ -209,8 +218,8 @@ class Partition:
             rows = self.rows = Rows(batch.reqs, self.step)
         return rows
 
-    def wake(self, rows: Rows, table: bytes, sampled: list[int]) -> None:
-        rows.wake(table, sampled, self.step)
+    def wake(self, rows: Rows, loud_rows: list[int]) -> None:
+        rows.wake(loud_rows, self.step)
         self.calm_row_steps += len(rows.calm)
 
     def of(self, reqs) -> Rows | None:

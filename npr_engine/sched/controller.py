@@ -14,6 +14,7 @@ import logging
 import os
 from collections import deque
 
+import torch
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
@@ -159,17 +160,19 @@ class Controller:
         if result.copy_done is not None:
             result.copy_done.synchronize()
         overrides: list[tuple[int, int]] = []
-        sampled: list[int] | None = None  # read from the device once per step, when needed
+        sampled = None  # read from the device once per step, when needed (a list, or _LazyIds)
         decode = mode.is_decode()
         self._unit_totals.clear()
         busy: list = []  # the requests after_result looks at (every tracked one but the calm)
+        closing: list[int] = []  # rows of branches in their closing step
         reqs = batch.reqs
         rows = None
         if decode:
             rows = self.rows.next_step(batch)
             if rows.calm:
-                sampled = result.next_token_ids.tolist()
-                self.rows.wake(rows, self.loud.table, sampled)  # woken rows join `other`
+                host = _host_copy(result.next_token_ids)  # this step's one read
+                self.rows.wake(rows, self.loud.loud_rows(host))  # woken rows join `other`
+                sampled = _LazyIds(host)
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
             req = reqs[i]
             seq = req.__dict__.get("npr", UNSEEN)
@@ -200,6 +203,8 @@ class Controller:
                 continue  # a root with nothing to inject: its sampled token stands
             if sampled is None:
                 sampled = result.next_token_ids.tolist()
+            if seq.phase is Phase.CLOSING:
+                closing.append(i)
             token = self._injected_token(seq, sampled[i])
             if token is not None:
                 overrides.append((i, token))
@@ -208,11 +213,15 @@ class Controller:
             score_written(batch, result)  # injected tokens an extend step computed
         if sampled is None:
             return
-        record_injected(self, batch, result, sampled, overrides)  # trace offsets, log-probs
-        for i, token in overrides:
-            result.next_token_ids[i] = token
-            row = batch.reqs[i].kv.req_pool_idx
-            self.scheduler.future_map.output_tokens_buf[row] = token
+        record_injected(self, batch, result, sampled, overrides, closing)  # trace offsets, log-probs
+        if overrides:  # one indexed write per tensor, not one per row
+            ids = result.next_token_ids
+            where = torch.tensor([i for i, _ in overrides], dtype=torch.long).to(ids.device)
+            tokens = torch.tensor([t for _, t in overrides], dtype=ids.dtype).to(ids.device)
+            ids[where] = tokens
+            rows = torch.tensor([reqs[i].kv.req_pool_idx for i, _ in overrides], dtype=torch.long)
+            buf = self.scheduler.future_map.output_tokens_buf
+            buf[rows.to(buf.device)] = tokens.to(buf.dtype)
 
     @staticmethod
     def _commits_token(batch, req) -> bool:
@@ -386,3 +395,23 @@ def controller_for(scheduler) -> Controller:
 def controller_for_any() -> Controller | None:
     """The controller of this process's scheduler (one scheduler per process)."""
     return next(iter(_controllers.values()), None)
+
+
+def _host_copy(ids: torch.Tensor):
+    """The ids as a numpy array of their own (on the CPU, a view would see the
+    overrides written into `ids` later)."""
+    return ids.numpy().copy() if ids.device.type == "cpu" else ids.cpu().numpy()
+
+
+class _LazyIds:
+    """A step's sampled ids, read from the device already: a list once indexed."""
+
+    __slots__ = ("host", "ids")
+
+    def __init__(self, host) -> None:
+        self.host, self.ids = host, None
+
+    def __getitem__(self, i: int) -> int:
+        if self.ids is None:
+            self.ids = self.host.tolist()
+        return self.ids[i]

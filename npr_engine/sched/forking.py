@@ -53,13 +53,20 @@ class ForkJoin:
         `quiet`: [block, how many of its quiet branches stepped] (calm.Rows)."""
         blocks: dict[int, object] = {}
         decoded = Counter(id(seq.block) for seq in stepped if seq.block is not None)
-        for block, n in quiet:
-            decoded[id(block)] += n
-            blocks[id(block)] = block.trace
         ran = decoded + Counter(id(seq.block) for seq in closing if seq.block is not None)
         for seq in stepped:
             if seq.block is not None:
                 blocks[id(seq.block)] = seq.block.trace
+        for block, n in quiet:
+            key = id(block)
+            if key in ran:  # beside members that ran as others
+                decoded[key] += n
+                ran[key] += n
+                blocks[key] = block.trace
+            else:  # only quiet members ran (most blocks, most steps)
+                block.trace.decoded += n
+                if n > 1:
+                    block.trace.decoded_with_sibling += n
         for key, trace in blocks.items():  # once per block, not per branch
             trace.decoded += decoded[key]
             if ran[key] > 1:

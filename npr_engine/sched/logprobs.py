@@ -65,11 +65,12 @@ def _append_unscored(req, token: int, value: float = NAN) -> None:
 # -- before the stock result processing ------------------------------------------------
 
 
-def record_injected(ctl, batch, result, sampled: list[int], overrides: list[tuple[int, int]]) -> None:
+def record_injected(ctl, batch, result, sampled, overrides: list[tuple[int, int]], closing: list[int]) -> None:
     """Note every injected token in the trace; rescore it if log-probs are returned.
 
     `sampled`: the step's sampled ids (read once), which tell which form (logits or
-    probabilities) the sampler left in each logits row.
+    probabilities) the sampler left in each logits row; `closing`: the rows of branches
+    in their closing step.
     """
     out = result.logits_output
     scoring = batch.return_logprob and out is not None and out.next_token_logprobs is not None
@@ -81,15 +82,16 @@ def record_injected(ctl, batch, result, sampled: list[int], overrides: list[tupl
         if scoring and req.return_logprob:
             out.next_token_logprobs[i] = rescore(out, i, sampled[i], token)
     if scoring:
-        _stash_join_logprobs(ctl, batch, result, sampled)
+        _stash_join_logprobs(ctl, batch, result, sampled, closing)
 
 
-def _stash_join_logprobs(ctl, batch, result, sampled: list[int]) -> None:
+def _stash_join_logprobs(ctl, batch, result, sampled, closing: list[int]) -> None:
     """Keep the join header's first-token log-prob from each last branch's closing step."""
     out = result.logits_output
-    for i, req in enumerate(batch.reqs):
+    for i in closing:
+        req = batch.reqs[i]
         seq = seq_of(req)
-        if seq is None or seq.phase is not Phase.CLOSING or not req.return_logprob:
+        if seq.phase is not Phase.CLOSING or not req.return_logprob:
             continue
         if seq.path.index != len(seq.block.branches):
             continue
