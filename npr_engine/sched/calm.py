@@ -168,6 +168,8 @@ class Rows:
         due = self.alarms.pop(step, None)
         if due:
             woken.update(i for i in due if i in self.calm)  # (a row woken before may be calm again)
+        if not woken:
+            return []
         self.calm.difference_update(woken)
         self.other.update(woken)
         for i in woken:

@@ -170,7 +170,7 @@ class Controller:
         if decode:
             rows = self.rows.next_step(batch)
             if rows.calm:
-                host = _host_copy(result.next_token_ids)  # this step's one read
+                host = _host_ids(result.next_token_ids)  # this step's one read
                 self.rows.wake(rows, self.loud.loud_rows(host))  # woken rows join `other`
                 sampled = _LazyIds(host)
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
@@ -279,6 +279,9 @@ class Controller:
         roots: list[Seq] = []  # roots that committed a token: calm again? (is_calm)
         busy, self._busy = self._busy, None
         reqs = busy[1] if busy is not None and busy[0] is batch else list(batch.reqs)
+        quiet = self.rows.quiet_blocks(batch)
+        if not reqs and not quiet:
+            return  # every row calm: nothing happened to any sequence
         for req in reqs:
             seq = req.__dict__.get("npr")  # seq_of(req), inlined: this loop runs per request
             if seq is None:
@@ -332,7 +335,6 @@ class Controller:
             elif seq.pending_fork is not None and not seq.forced:
                 to_fork.append((seq, seq.pending_fork))
                 seq.pending_fork = None
-        quiet = self.rows.quiet_blocks(batch)
         self.forkjoin.count_parallel(stepped, to_park, quiet)
         self.forkjoin.park(batch, to_park)
         forked = [seq for seq, plan_items in to_fork if self.forkjoin.fork(batch, seq, plan_items)]
@@ -397,10 +399,10 @@ def controller_for_any() -> Controller | None:
     return next(iter(_controllers.values()), None)
 
 
-def _host_copy(ids: torch.Tensor):
-    """The ids as a numpy array of their own (on the CPU, a view would see the
-    overrides written into `ids` later)."""
-    return ids.numpy().copy() if ids.device.type == "cpu" else ids.cpu().numpy()
+def _host_ids(ids: torch.Tensor):
+    """The ids as a numpy array. NOTE: on the CPU a view of `ids`, which the overrides
+    are written into last, after every read of it."""
+    return ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
 
 
 class _LazyIds:
