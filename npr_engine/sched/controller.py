@@ -5,7 +5,8 @@ injected ones (forced block open, branch headers, close tags, join header), and
 `after_result` reads the new text of every tracked sequence, applies the parser's
 events and then, in this order, parks finished branches, forks and joins. Both run
 at the step boundary of the non-overlap scheduler, where every running request's
-KV is committed up to its last output token.
+KV is committed up to its last output token. Calm roots and quiet branches are left
+out of both until they may need them (npr_engine/sched/calm.py).
 """
 
 from __future__ import annotations
