@@ -72,3 +72,15 @@ def inject(scheduler, reqs: list, pending: list[int]) -> None:
     else:
         running.merge_batch(new_batch)
     scheduler.running_batch.batch_is_full = False
+
+
+def write_overrides(scheduler, batch, result, overrides: list[tuple[int, int]]) -> None:
+    """Replace sampled tokens (row, token) in the step's result and in the FutureMap the
+    next decode step reads its input ids from: one indexed write per tensor."""
+    ids = result.next_token_ids
+    where = torch.tensor([i for i, _ in overrides], dtype=torch.long).to(ids.device)
+    tokens = torch.tensor([t for _, t in overrides], dtype=ids.dtype).to(ids.device)
+    ids[where] = tokens
+    rows = torch.tensor([batch.reqs[i].kv.req_pool_idx for i, _ in overrides], dtype=torch.long)
+    buf = scheduler.future_map.output_tokens_buf
+    buf[rows.to(buf.device)] = tokens.to(buf.dtype)

@@ -27,6 +27,7 @@ from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.special import loud_ids
 from npr_engine.grammar.parser import ParserState
 from npr_engine.grammar.schemas import get_schema, known_schemas
+from npr_engine.sched.forking import live_count
 from npr_engine.sched.state import Phase, Seq
 
 UNSEEN = object()  # a request the controller has not looked at yet
@@ -100,7 +101,7 @@ def quiet_steps(ctl, seq: Seq) -> int:
         return 0  # an EOS must wake it (it closes the branch)
     fj = ctl.forkjoin
     steps = seq.unit.root.req.sampling_params.max_new_tokens - fj.unit_tokens(seq.unit) - fj.closing_reserve(seq.unit)
-    live = fj.live_count(seq.unit)
+    live = live_count(seq.unit)
     steps = -(-steps // live) if steps > 0 else 0
     limit = seq.options.max_path_tokens
     if limit is not None:
@@ -160,7 +161,7 @@ class Rows:
     def describes(self, reqs) -> bool:
         return reqs is self.reqs or (len(self.reqs) == len(reqs) and self.reqs == reqs)
 
-    def wake(self, loud_rows: list[int], step: int) -> list[int]:
+    def wake(self, loud_rows: list[int], step: int) -> None:
         """Calm rows whose sampled id may start a tag (of `loud_rows`), or whose alarm is
         due: moved to `other`, their decoders resumed."""
         calm = self.calm
@@ -169,7 +170,7 @@ class Rows:
         if due:
             woken.update(i for i in due if i in self.calm)  # (a row woken before may be calm again)
         if not woken:
-            return []
+            return
         self.calm.difference_update(woken)
         self.other.update(woken)
         for i in woken:
@@ -181,7 +182,6 @@ class Rows:
                 if not quiet[1]:
                     del self.quiet_blocks[id(block)]
             resume_decoder(req)
-        return sorted(woken)
 
 
 def _id_table(ids: frozenset[int], size: int) -> bytes:
@@ -220,9 +220,13 @@ class Partition:
             rows = self.rows = Rows(batch.reqs, self.step)
         return rows
 
-    def wake(self, rows: Rows, loud_rows: list[int]) -> None:
-        rows.wake(loud_rows, self.step)
+    def screen(self, rows: Rows, ids, loud: LoudIds) -> SampledIds:
+        """A decode step with calm rows: the sampled ids read once, the calm rows they (or
+        an alarm) wake moved to `other`."""
+        host = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
+        rows.wake(loud.loud_rows(host), self.step)
         self.calm_row_steps += len(rows.calm)
+        return SampledIds(host)
 
     def of(self, reqs) -> Rows | None:
         """The partition, if it describes exactly `reqs` (a hook's copy of the running
@@ -242,3 +246,20 @@ class Partition:
             if seq.calm:
                 seq.wake_step = 0
                 self.rows = None  # rebuilt, with these rows in `other`
+
+
+class SampledIds:
+    """A step's sampled ids, on the host already: a list once indexed.
+
+    NOTE: on the CPU `host` is a view of the result's ids, which the controller writes
+    its overrides into last, after every read of these."""
+
+    __slots__ = ("host", "ids")
+
+    def __init__(self, host) -> None:
+        self.host, self.ids = host, None
+
+    def __getitem__(self, i: int) -> int:
+        if self.ids is None:
+            self.ids = self.host.tolist()
+        return self.ids[i]

@@ -15,7 +15,6 @@ import logging
 import os
 from collections import deque
 
-import torch
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
@@ -26,7 +25,7 @@ from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
-from npr_engine.sched.batches import park
+from npr_engine.sched.batches import park, write_overrides
 from npr_engine.sched.calm import UNSEEN, LoudIds, Partition, is_calm, new_text, quiet_steps, resume_decoder
 from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
@@ -161,7 +160,7 @@ class Controller:
         if result.copy_done is not None:
             result.copy_done.synchronize()
         overrides: list[tuple[int, int]] = []
-        sampled = None  # read from the device once per step, when needed (a list, or _LazyIds)
+        sampled = None  # read from the device once per step, when needed (a list, or calm.SampledIds)
         decode = mode.is_decode()
         self._unit_totals.clear()
         busy: list = []  # the requests after_result looks at (every tracked one but the calm)
@@ -171,9 +170,7 @@ class Controller:
         if decode:
             rows = self.rows.next_step(batch)
             if rows.calm:
-                host = _host_ids(result.next_token_ids)  # this step's one read
-                self.rows.wake(rows, self.loud.loud_rows(host))  # woken rows join `other`
-                sampled = _LazyIds(host)
+                sampled = self.rows.screen(rows, result.next_token_ids, self.loud)  # woken rows join `other`
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
             req = reqs[i]
             seq = req.__dict__.get("npr", UNSEEN)
@@ -215,14 +212,8 @@ class Controller:
         if sampled is None:
             return
         record_injected(self, batch, result, sampled, overrides, closing)  # trace offsets, log-probs
-        if overrides:  # one indexed write per tensor, not one per row
-            ids = result.next_token_ids
-            where = torch.tensor([i for i, _ in overrides], dtype=torch.long).to(ids.device)
-            tokens = torch.tensor([t for _, t in overrides], dtype=ids.dtype).to(ids.device)
-            ids[where] = tokens
-            rows = torch.tensor([reqs[i].kv.req_pool_idx for i, _ in overrides], dtype=torch.long)
-            buf = self.scheduler.future_map.output_tokens_buf
-            buf[rows.to(buf.device)] = tokens.to(buf.dtype)
+        if overrides:
+            write_overrides(self.scheduler, batch, result, overrides)
 
     @staticmethod
     def _commits_token(batch, req) -> bool:
@@ -399,22 +390,3 @@ def controller_for_any() -> Controller | None:
     """The controller of this process's scheduler (one scheduler per process)."""
     return next(iter(_controllers.values()), None)
 
-
-def _host_ids(ids: torch.Tensor):
-    """The ids as a numpy array. NOTE: on the CPU a view of `ids`, which the overrides
-    are written into last, after every read of it."""
-    return ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
-
-
-class _LazyIds:
-    """A step's sampled ids, read from the device already: a list once indexed."""
-
-    __slots__ = ("host", "ids")
-
-    def __init__(self, host) -> None:
-        self.host, self.ids = host, None
-
-    def __getitem__(self, i: int) -> int:
-        if self.ids is None:
-            self.ids = self.host.tolist()
-        return self.ids[i]

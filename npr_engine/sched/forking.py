@@ -45,9 +45,6 @@ class ForkJoin:
         count = self.ctl.close_count
         return sum((len(s.forced) if s.close_reason else count(s)) + 1 for s in _live_branches(unit.root))
 
-    def live_count(self, unit: Unit) -> int:
-        return sum(1 for _ in _live_branches(unit.root))
-
     def count_parallel(self, stepped: list[Seq], closing: list[Seq], quiet=()) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran.
         `quiet`: [block, how many of its quiet branches stepped] (calm.Rows)."""
@@ -353,7 +350,7 @@ def reservation(seq: Seq, ratio: float = 1.0) -> float:
     for the step being decided."""
     unit = seq.unit
     left = max(unit.root.req.sampling_params.max_new_tokens - _subtree_tokens(unit.root), 0)
-    live = sum(1 for _ in _live_branches(unit.root)) or 1
+    live = live_count(unit) or 1
     share = -(-left // live)
     limit = seq.options.max_path_tokens
     if limit is not None:
@@ -367,6 +364,11 @@ def _subtree_tokens(seq: Seq) -> int:
         # A staged join has already moved its first branches into the parent.
         own += sum(_subtree_tokens(b) for b in seq.child.branches[seq.child.spliced:])
     return own
+
+
+def live_count(unit: Unit) -> int:
+    """The unit's branches that still write tokens."""
+    return sum(1 for _ in _live_branches(unit.root))
 
 
 def _live_branches(seq: Seq):
