@@ -90,9 +90,10 @@ def test_sampled_ids_are_read_once_per_step(ctl, tokenizer):
     assert reqs[0].output_ids == forced and reqs[1].output_ids == [token] * len(forced)
 
 
-def test_calm_requests_cost_one_read_and_no_decode(ctl, tokenizer):
-    """Roots outside any tag: one read per step (the loud-id screen needs the ids), no
-    per-request work in after_result, and a tag id wakes the request up."""
+def test_calm_requests_cost_no_read_and_no_decode(ctl, tokenizer):
+    """Roots outside any tag: no read of ours (their committed ids are screened from the
+    output SGLang appended them to), no per-request work in after_result, and a tag id
+    wakes the request up."""
     token = tokenizer.encode(" the", add_special_tokens=False)[0]
     reqs = [_req(i, None) for i in range(4)]
     batch = _decode_batch(reqs)
@@ -103,8 +104,8 @@ def test_calm_requests_cost_one_read_and_no_decode(ctl, tokenizer):
         inner = req.npr.decoder._decode
         req.npr.decoder._decode = lambda ids, inner=inner: decodes.append(ids) or inner(ids)
     for _ in range(3):
-        assert _step(ctl, reqs, token, batch) == 1
-    assert decodes == [] and ctl._busy is None
+        assert _step(ctl, reqs, token, batch) == 0
+    assert decodes == [] and ctl._busy is None and all(req.npr.calm for req in reqs)
     # "<parallel>" as text: its "<" wakes every request, which then reads the tag's
     # first pieces (its last one would fork, beyond these stand-ins).
     pieces = tokenizer.encode("<parallel>", add_special_tokens=False)

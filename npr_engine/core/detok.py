@@ -2,7 +2,9 @@
 
 Token-by-token `decode([id])` breaks multi-byte characters and merged-space tokens.
 Like the serving detokenizers, we decode a short window of recent ids and release only
-the text that is stable (no trailing replacement character).
+the text that is stable (no trailing replacement character). The window's start moves
+only every `_WINDOW` ids, so most pushes reuse the last push's text as their prefix
+and decode once.
 """
 
 from __future__ import annotations
@@ -19,15 +21,25 @@ class IncrementalDecoder:
         self._ids: list[int] = []
         self._prefix = 0  # start of the decode window
         self._read = 0  # ids before here have been released as text
+        self._last: tuple[int, int, str] = (0, 0, "")  # a window decoded last: start, end, text
 
     def push(self, token_ids: Sequence[int]) -> str:
         """Add ids; return the newly stable text (may be empty)."""
         self._ids.extend(token_ids)
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        start, end, text = self._last
+        if start == self._prefix and end == self._read:
+            prefix_text = text
+        else:
+            prefix_text = self._decode(self._ids[self._prefix : self._read]) if self._read > self._prefix else ""
         full_text = self._decode(self._ids[self._prefix :])
         if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
+            self._last = (self._prefix, self._read, prefix_text)
             return ""
-        self._prefix = max(self._prefix, self._read - _WINDOW)
+        if self._read - self._prefix >= 2 * _WINDOW:
+            self._prefix = self._read - _WINDOW
+            self._last = (0, 0, "")
+        else:
+            self._last = (self._prefix, len(self._ids), full_text)
         self._read = len(self._ids)
         return full_text[len(prefix_text) :]
 
@@ -50,6 +62,7 @@ class IncrementalDecoder:
         self._ids = list(context)
         self._prefix = 0
         self._read = len(self._ids)
+        self._last = (0, 0, "")
 
     def flush(self) -> str:
         """Release whatever is left, replacement characters included (end of stream)."""

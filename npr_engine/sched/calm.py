@@ -20,6 +20,8 @@ from us unless the sampled id may start a tag:
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from npr_engine.config import env
@@ -31,6 +33,7 @@ from npr_engine.sched.forking import live_count
 from npr_engine.sched.state import Phase, Seq
 
 UNSEEN = object()  # a request the controller has not looked at yet
+_LAST = operator.itemgetter(-1)
 # Parser states where only tags matter (a plan item's text and sequentially decoded
 # paths are read in PLAN and FORKED).
 _TAG_ONLY_STATES = frozenset({ParserState.OUTSIDE, ParserState.OPEN, ParserState.SUMMARY,
@@ -109,10 +112,11 @@ def quiet_steps(ctl, seq: Seq) -> int:
     return steps - 1 if steps > 2 else 0  # one step of margin
 
 
-def resume_decoder(req) -> None:
-    """A calm root or quiet branch leaves calm: its decoder goes on after the ids it never saw."""
+def resume_decoder(req, unread: int = 0) -> None:
+    """A calm root or quiet branch leaves calm: its decoder goes on after the ids it never
+    saw (all but the last `unread`, which it reads next)."""
     req.npr.calm = False
-    end = len(req.output_ids)
+    end = len(req.output_ids) - unread
     req.npr.decoder.resume(req.output_ids[max(end - DECODE_CONTEXT, 0):end])
 
 
@@ -128,7 +132,7 @@ class Rows:
     from the partition's requests (their position shifts, the rows that are streamed).
     """
 
-    __slots__ = ("reqs", "calm", "other", "alarms", "quiet_blocks", "cache")
+    __slots__ = ("reqs", "calm", "other", "alarms", "quiet_blocks", "cache", "screened", "outputs")
 
     def __init__(self, reqs: list, step: int) -> None:
         self.reqs = reqs
@@ -137,6 +141,8 @@ class Rows:
         self.alarms: dict[int, list[int]] = {}  # decode step -> quiet rows to wake then
         self.quiet_blocks: dict[int, list] = {}  # id(block) -> [block, its quiet rows]
         self.cache: dict = {}
+        self.screened = 0  # the last decode step whose ids were screened (Partition)
+        self.outputs: dict[int, object] = {}  # calm root rows -> their output ids (SGLang's list)
         for i, req in enumerate(reqs):
             seq = req.__dict__.get("npr", UNSEEN)
             if seq is None:
@@ -150,7 +156,9 @@ class Rows:
 
     def add_calm(self, i: int, seq: Seq) -> None:
         self.calm.add(i)
-        if seq.block is not None:
+        if seq.block is None:
+            self.outputs[i] = seq.req.output_ids
+        else:
             self.alarms.setdefault(seq.wake_step, []).append(i)
             quiet = self.quiet_blocks.get(id(seq.block))
             if quiet is None:
@@ -161,9 +169,10 @@ class Rows:
     def describes(self, reqs) -> bool:
         return reqs is self.reqs or (len(self.reqs) == len(reqs) and self.reqs == reqs)
 
-    def wake(self, loud_rows: list[int], step: int) -> None:
+    def wake(self, loud_rows: list[int], step: int, unread: int = 0) -> None:
         """Calm rows whose sampled id may start a tag (of `loud_rows`), or whose alarm is
-        due: moved to `other`, their decoders resumed."""
+        due: moved to `other`, their decoders resumed (`unread`: committed ids they are
+        yet to read, resume_decoder)."""
         calm = self.calm
         woken = {i for i in loud_rows if i in calm}
         due = self.alarms.pop(step, None)
@@ -176,12 +185,14 @@ class Rows:
         for i in woken:
             req = self.reqs[i]
             block = req.npr.block
-            if block is not None:
+            if block is None:
+                del self.outputs[i]
+            else:
                 quiet = self.quiet_blocks[id(block)]
                 quiet[1] -= 1
                 if not quiet[1]:
                     del self.quiet_blocks[id(block)]
-            resume_decoder(req)
+            resume_decoder(req, unread)
 
 
 def _id_table(ids: frozenset[int], size: int) -> bytes:
@@ -225,8 +236,27 @@ class Partition:
         an alarm) wake moved to `other`."""
         host = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
         rows.wake(loud.loud_rows(host), self.step)
+        rows.screened = self.step
         self.calm_row_steps += len(rows.calm)
         return SampledIds(host)
+
+    def screen_committed(self, rows: Rows, loud: LoudIds) -> list:
+        """A decode step whose calm rows are all roots is not screened before SGLang's
+        own processing (a calm root's id is never replaced): its committed ids are
+        screened after it instead, from the output SGLang has appended them to (its own
+        host copy, no read of ours). Returns the woken requests; their last id unread."""
+        if rows.screened == self.step:
+            return []
+        rows.screened = self.step
+        outputs, table = rows.outputs, loud.table
+        last = list(map(_LAST, outputs.values()))  # loops in C: this runs every step
+        loud_rows = []
+        if any(map(table.__getitem__, last)):
+            reqs = rows.reqs
+            loud_rows = [i for i, token in zip(outputs, last, strict=True) if table[token] and not reqs[i].finished()]
+            rows.wake(loud_rows, self.step, unread=1)
+        self.calm_row_steps += len(rows.calm)
+        return [rows.reqs[i] for i in loud_rows]
 
     def of(self, reqs) -> Rows | None:
         """The partition, if it describes exactly `reqs` (a hook's copy of the running
@@ -234,10 +264,10 @@ class Partition:
         rows = self.rows
         return rows if rows is not None and rows.describes(reqs) else None
 
-    def quiet_blocks(self, batch):
-        """[block, its quiet branches] for the step `batch` just ran."""
+    def of_step(self, batch) -> Rows | None:
+        """The partition of the decode step `batch` just ran (None once it was dropped)."""
         rows = self.rows
-        return rows.quiet_blocks.values() if rows is not None and rows.reqs is batch.reqs else ()
+        return rows if rows is not None and rows.reqs is batch.reqs else None
 
     def wake_unit(self, branches) -> None:
         """A fork or join changes how fast a unit grows: its quiet branches (of

@@ -11,6 +11,7 @@ out of both until they may need them (npr_engine/sched/calm.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import deque
@@ -39,6 +40,8 @@ from npr_engine.sched.tp import sync_sampled_ids_across_tp
 logger = logging.getLogger("npr_engine")
 
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
+_REMEMBERED_WINDOW = 16  # ids: longer windows are decoded each time
+_REMEMBERED_TEXTS = 4096
 
 
 class Controller:
@@ -47,6 +50,8 @@ class Controller:
         self.tokenizer = scheduler.tokenizer
         self.special = SpecialTokens(self.tokenizer) if self.tokenizer is not None else None
         self._token_cache: dict[str, list[int]] = {}
+        self._texts: dict[tuple, str] = {}  # (skip special tokens, *ids) -> text (_visible)
+        self._visible_text = {skip: functools.partial(self._visible, skip) for skip in (False, True)}
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
@@ -81,7 +86,20 @@ class Controller:
         """A sequence's text exactly as its reply shows it: tags kept, other special
         tokens dropped iff the request skips them (npr_engine/core/special.py)."""
         skip = bool(getattr(req.sampling_params, "skip_special_tokens", True))
-        return IncrementalDecoder(lambda ids: self.decode(self.special.visible(ids, skip)))
+        return IncrementalDecoder(self._visible_text[skip])
+
+    def _visible(self, skip: bool, ids) -> str:
+        """The text of a decoder's window; short windows remembered (a header, a join
+        header and what precedes it decode alike in every block)."""
+        if len(ids) > _REMEMBERED_WINDOW:
+            return self.decode(self.special.visible(ids, skip))
+        key = (skip, *ids)
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= _REMEMBERED_TEXTS:
+                self._texts.clear()
+            text = self._texts[key] = self.decode(self.special.visible(ids, skip))
+        return text
 
     def close_count(self, seq: Seq) -> int:
         """len(close_tokens(seq)), without building the list."""
@@ -169,7 +187,7 @@ class Controller:
         rows = None
         if decode:
             rows = self.rows.next_step(batch)
-            if rows.calm:
+            if rows.quiet_blocks:  # a quiet branch's id may be replaced (EOS, budget): screened now
                 sampled = self.rows.screen(rows, result.next_token_ids, self.loud)  # woken rows join `other`
         for i in range(len(reqs)) if rows is None else sorted(rows.other):
             req = reqs[i]
@@ -186,6 +204,10 @@ class Controller:
                     continue
             elif seq.calm:  # calm since the last step's after_result
                 if decode:
+                    if sampled is None and seq.block is None:  # screened in after_result
+                        rows.other.discard(i)
+                        rows.add_calm(i, seq)
+                        continue
                     if sampled is None:
                         sampled = result.next_token_ids.tolist()
                     if not self.loud.table[sampled[i]]:
@@ -271,7 +293,12 @@ class Controller:
         roots: list[Seq] = []  # roots that committed a token: calm again? (is_calm)
         busy, self._busy = self._busy, None
         reqs = busy[1] if busy is not None and busy[0] is batch else list(batch.reqs)
-        quiet = self.rows.quiet_blocks(batch)
+        rows = self.rows.of_step(batch) if mode.is_decode() else None
+        if rows is not None:  # a step with calm roots only was not screened before
+            for req in self.rows.screen_committed(rows, self.loud):
+                req._npr_prev_len = len(req.output_ids) - 1
+                reqs.append(req)
+        quiet = rows.quiet_blocks.values() if rows is not None else ()
         if not reqs and not quiet:
             return  # every row calm: nothing happened to any sequence
         for req in reqs:

@@ -11,6 +11,7 @@ from collections import Counter
 from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
 from sglang.srt.mem_cache.common import release_kv_cache
 
+from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.trace import PathTrace
 from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
@@ -276,7 +277,8 @@ class ForkJoin:
         parent.kv.kv_committed_len = parent.kv.kv_allocated_len = kv_len
         # The joined token ids do not describe their KV positions: keep it out of the tree.
         parent.skip_radix_cache_insert = True
-        seq.decoder.push(parent.output_ids[fork_len:])
+        # Its text is the branches' (already read): the decoder only needs the context.
+        seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:])
         if self.ctl.debug_events is not None:
             self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
                         freed=duplicates.tolist())

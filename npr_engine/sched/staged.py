@@ -25,6 +25,7 @@ from collections import deque
 
 import torch
 
+from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.lifecycle import free_branch
 from npr_engine.sched.logprobs import splice_branch_logprobs
@@ -87,7 +88,7 @@ def _stage(fj, seq: Seq, block: Block) -> None:
     skip = 0 if j == 1 else 1  # the previous stage step wrote this path's first token
     parent.output_ids.extend(tokens[skip:])
     splice_branch_logprobs(parent, [branch], block.fork_len, skip)
-    seq.decoder.push(tokens[skip:])
+    seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:])  # its text was read as the branch's
     parent.kv.kv_committed_len = parent.kv.kv_allocated_len = end
     block.spliced = j
     # The tail's trained position: right after its path's close tag.
