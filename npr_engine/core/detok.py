@@ -70,3 +70,23 @@ class IncrementalDecoder:
         full_text = self._decode(self._ids[self._prefix :])
         self._read = len(self._ids)
         return full_text[len(prefix_text) :]
+
+
+class RememberedTexts:
+    """`decode`, with the text of short windows remembered: a branch header, a join
+    header and what precedes it decode alike in every block."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], max_ids: int = 16, entries: int = 4096):
+        self._decode, self._max_ids, self._entries = decode, max_ids, entries
+        self._texts: dict[tuple[int, ...], str] = {}
+
+    def __call__(self, ids: Sequence[int]) -> str:
+        if len(ids) > self._max_ids:
+            return self._decode(ids)
+        key = tuple(ids)
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= self._entries:
+                self._texts.clear()
+            text = self._texts[key] = self._decode(ids)
+        return text

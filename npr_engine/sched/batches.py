@@ -84,3 +84,13 @@ def write_overrides(scheduler, batch, result, overrides: list[tuple[int, int]]) 
     rows = torch.tensor([batch.reqs[i].kv.req_pool_idx for i, _ in overrides], dtype=torch.long)
     buf = scheduler.future_map.output_tokens_buf
     buf[rows.to(buf.device)] = tokens.to(buf.dtype)
+
+
+def commits_token(batch, req) -> bool:
+    """Whether `req` commits a token in the step `batch` ran (SGLang appends one)."""
+    return not (
+        req.finished()
+        or req.is_retracted
+        or req.inflight_middle_chunks > 0
+        or req is getattr(batch, "chunked_req", None)
+    )

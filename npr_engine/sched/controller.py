@@ -19,14 +19,14 @@ from collections import deque
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
-from npr_engine.core.detok import IncrementalDecoder
+from npr_engine.core.detok import IncrementalDecoder, RememberedTexts
 from npr_engine.core.options import InvalidNprOptions, NprOptions
 from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
-from npr_engine.sched.batches import park, write_overrides
+from npr_engine.sched.batches import commits_token, park, write_overrides
 from npr_engine.sched.calm import UNSEEN, LoudIds, Partition, is_calm, new_text, quiet_steps, resume_decoder
 from npr_engine.sched.deltas import note_branch_text
 from npr_engine.sched.extend import ExtendQueue
@@ -40,8 +40,6 @@ from npr_engine.sched.tp import sync_sampled_ids_across_tp
 logger = logging.getLogger("npr_engine")
 
 DEBUG_SLOTS = os.environ.get("NPR_DEBUG_SLOTS") == "1"
-_REMEMBERED_WINDOW = 16  # ids: longer windows are decoded each time
-_REMEMBERED_TEXTS = 4096
 
 
 class Controller:
@@ -50,8 +48,8 @@ class Controller:
         self.tokenizer = scheduler.tokenizer
         self.special = SpecialTokens(self.tokenizer) if self.tokenizer is not None else None
         self._token_cache: dict[str, list[int]] = {}
-        self._texts: dict[tuple, str] = {}  # (skip special tokens, *ids) -> text (_visible)
-        self._visible_text = {skip: functools.partial(self._visible, skip) for skip in (False, True)}
+        # A decoder's window text, by whether special tokens are skipped.
+        self._visible_text = {skip: RememberedTexts(functools.partial(self._visible, skip)) for skip in (False, True)}
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
@@ -89,17 +87,7 @@ class Controller:
         return IncrementalDecoder(self._visible_text[skip])
 
     def _visible(self, skip: bool, ids) -> str:
-        """The text of a decoder's window; short windows remembered (a header, a join
-        header and what precedes it decode alike in every block)."""
-        if len(ids) > _REMEMBERED_WINDOW:
-            return self.decode(self.special.visible(ids, skip))
-        key = (skip, *ids)
-        text = self._texts.get(key)
-        if text is None:
-            if len(self._texts) >= _REMEMBERED_TEXTS:
-                self._texts.clear()
-            text = self._texts[key] = self.decode(self.special.visible(ids, skip))
-        return text
+        return self.decode(self.special.visible(ids, skip))
 
     def close_count(self, seq: Seq) -> int:
         """len(close_tokens(seq)), without building the list."""
@@ -195,7 +183,7 @@ class Controller:
             if seq is None:
                 continue  # untracked (`parallel: false`, say): nothing to do, ever
             if seq is UNSEEN:
-                if not self._commits_token(batch, req):
+                if not commits_token(batch, req):
                     continue
                 seq = self.attach(req)
                 if seq is None:
@@ -216,7 +204,7 @@ class Controller:
                         continue
                 resume_decoder(req)  # a loud id at once, or an extend (a retracted one's prefill)
             busy.append(req)
-            if not self._commits_token(batch, req):
+            if not commits_token(batch, req):
                 continue
             req._npr_prev_len = len(req.output_ids)
             if not seq.forced and seq.block is None:
@@ -236,15 +224,6 @@ class Controller:
         record_injected(self, batch, result, sampled, overrides, closing)  # trace offsets, log-probs
         if overrides:
             write_overrides(self.scheduler, batch, result, overrides)
-
-    @staticmethod
-    def _commits_token(batch, req) -> bool:
-        return not (
-            req.finished()
-            or req.is_retracted
-            or req.inflight_middle_chunks > 0
-            or req is getattr(batch, "chunked_req", None)
-        )
 
     def _injected_token(self, seq: Seq, sampled: int) -> int | None:
         if seq.phase is Phase.CLOSING:
