@@ -8,7 +8,9 @@ from us unless the sampled id may start a tag:
   only where a tag can start, or where live text is wanted (streaming branch deltas).
 - A *calm* root (`is_calm`: outside any tag, nothing pending, no block yet) is skipped
   by the controller until it samples a loud id (`Rows.wake`), its decoder then resumed
-  after the ids it never saw (`resume_decoder`).
+  after the ids it never saw (`resume_decoder`). Its ids are never replaced, so a step
+  whose calm rows are all roots screens them after SGLang's own processing, from the
+  output ids SGLang appended (`Partition.screen_committed`: no device read of ours).
 - A *quiet* branch (`quiet_steps`: writing path text outside any tag, nothing pending,
   no live text wanted) is skipped the same way, and also woken at the first decode step
   where its budget or its unit's token limit could end it (`Seq.wake_step`), or when
