@@ -23,10 +23,15 @@ from npr_engine.sched.state import seq_of
 
 
 def trace_of(req) -> dict | None:
+    """A finished root's trace (its final chunk's customized info); counted in the
+    parallel-rate gauge if it has blocks."""
     seq = seq_of(req)
     if seq is None or seq.is_branch:
         return None
     trace = seq.unit.trace
+    ctl = controller_for_any()
+    if trace.blocks and ctl is not None:
+        ctl.metrics.finished(trace.parallel_rate)
     trace.total_tokens = len(req.output_ids)
     out = trace.to_dict()
     closing = seq.unit.closing_text or seq.parser.closing_text()

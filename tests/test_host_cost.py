@@ -174,3 +174,33 @@ def test_special_token_tags_are_screened_by_id(ctl, tokenizer):
     assert set(tag_ids) <= loud and loud.isdisjoint(words)
     assert tok.encode(" <", add_special_tokens=False)[0] in loud
     assert loud_ids(tok, frozenset("é")) is None  # not spelled as itself in byte-level BPE: no screen
+
+
+def test_joined_roots_are_calm_in_their_summary(ctl, tokenizer):
+    """After a join only tags matter in the summary and after it: the root costs no read
+    and no decode there, and the summary's close tag wakes it (its parser sees it)."""
+    schema = get_schema("parallel")
+    token = tokenizer.encode(" the", add_special_tokens=False)[0]
+    reqs = [_req(i, None) for i in range(3)]
+    batch = _decode_batch(reqs)
+    _step(ctl, reqs, token, batch)
+    for req in reqs:  # as a fork and a join leave a root: a block in its trace, in its summary
+        seq = req.npr
+        assert any(isinstance(e, Fork) for e in seq.parser.feed(schema.forced_text(2)))
+        seq.parser.on_join()
+        seq.unit.trace.new_block(parent_block=None, parent_path=None, depth=1, fork_offset=0, width=2,
+                                 fallback=None, separator=0)
+        seq.unit.joined, seq.calm = True, False
+    ctl.rows.rows = None  # the batch the joined roots come back in
+    _step(ctl, reqs, token, batch)
+    assert all(req.npr.calm for req in reqs)
+    decodes = []
+    for req in reqs:
+        inner = req.npr.decoder._decode
+        req.npr.decoder._decode = lambda ids, inner=inner: decodes.append(ids) or inner(ids)
+    for _ in range(3):
+        assert _step(ctl, reqs, token, batch) == 0
+    assert decodes == [] and ctl._busy is None
+    for piece in tokenizer.encode(schema.join_close, add_special_tokens=False):
+        _step(ctl, reqs, piece, batch)
+    assert decodes and all(req.npr.parser.state.value == "after_summary" for req in reqs)

@@ -6,7 +6,7 @@ from us unless the sampled id may start a tag:
 - `LoudIds`: the ids whose spelling may hold a tag's first character (special tokens
   always), for every schema this server knows; `new_text` decodes a sequence's new ids
   only where a tag can start, or where live text is wanted (streaming branch deltas).
-- A *calm* root (`is_calm`: outside any tag, nothing pending, no block yet) is skipped
+- A *calm* root (`is_calm`: only tags matter, nothing pending) is skipped
   by the controller until it samples a loud id (`Rows.wake`), its decoder then resumed
   after the ids it never saw (`resume_decoder`). Its ids are never replaced, so a step
   whose calm rows are all roots screens them after SGLang's own processing, from the
@@ -80,12 +80,13 @@ def new_text(loud: LoudIds, seq: Seq, new: list[int]) -> str:
 
 
 def is_calm(loud: LoudIds, seq: Seq) -> bool:
-    """A root outside any tag that has nothing pending and never opened a block: until
-    it samples an id that may start a tag, its steps need nothing from us."""
+    """A root where only tags matter (outside any block, or in a joined block's summary
+    and after it) with nothing pending: until it samples an id that may start a tag,
+    its steps need nothing from us."""
     parser = seq.parser
     return (seq.block is None and seq.phase is Phase.ACTIVE and not seq.forced and seq.stage is None
-            and seq.pending_fork is None and not seq.unit.trace.blocks and parser.state is ParserState.OUTSIDE
-            and not parser.pending and seq.decoder.settled and not seq.req.finished() and loud.covers(seq.schema))
+            and seq.pending_fork is None and parser.state in _TAG_ONLY_STATES and not parser.pending
+            and seq.decoder.settled and not seq.req.finished() and loud.covers(seq.schema))
 
 
 def quiet_steps(ctl, seq: Seq) -> int:

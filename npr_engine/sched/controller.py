@@ -307,8 +307,6 @@ class Controller:
             else:
                 roots.append(seq)
             if req.finished():
-                if seq.block is None and seq.unit.trace.blocks:
-                    self.metrics.finished(seq.unit.trace.parallel_rate)
                 continue
             if seq.forced and self._write_forced_now(seq):
                 to_extend.append(seq)
