@@ -89,30 +89,39 @@ def is_calm(loud: LoudIds, seq: Seq) -> bool:
             and seq.decoder.settled and not seq.req.finished() and loud.covers(seq.schema))
 
 
-def quiet_steps(ctl, seq: Seq) -> int:
+def quiet_steps(ctl, seq: Seq, units: dict) -> int:
     """For a branch that just committed a token: how many of the next decode steps need
     nothing from the controller (0: look at it every step).
 
     They must not reach the step where its budget or its unit's `max_new_tokens` would
     end it: its own tokens grow by one a step, the unit's tokens (with the closing
-    reserve) by at most one per live branch (forks and joins wake the unit)."""
+    reserve) by at most one per live branch (forks and joins wake the unit). `units`:
+    what is the same for every branch of a unit, by unit, for one step's calls."""
     req, parser = seq.req, seq.parser
     if (seq.forced or seq.close_reason is not None or seq.tailing or seq.pending_fork is not None
             or seq.phase is not Phase.ACTIVE or seq.child is not None or seq.stage is not None
             or parser.state not in _TAG_ONLY_STATES or parser.pending or not seq.decoder.settled
             or seq.unit.root.req.stream or req.finished() or not ctl.loud.covers(seq.schema)):
         return 0
-    table = ctl.loud.table
-    if not all(table[e] for e in req.eos_token_ids or ()) or (ctl._eos_id is not None and not table[ctl._eos_id]):
-        return 0  # an EOS must wake it (it closes the branch)
-    fj = ctl.forkjoin
-    steps = seq.unit.root.req.sampling_params.max_new_tokens - fj.unit_tokens(seq.unit) - fj.closing_reserve(seq.unit)
-    live = live_count(seq.unit)
-    steps = -(-steps // live) if steps > 0 else 0
+    steps = units.get(seq.unit)
+    if steps is None:
+        steps = units[seq.unit] = _unit_quiet_steps(ctl, seq)
     limit = seq.options.max_path_tokens
     if limit is not None:
         steps = min(steps, limit - ctl.close_count(seq) - seq.own_tokens())
     return steps - 1 if steps > 2 else 0  # one step of margin
+
+
+def _unit_quiet_steps(ctl, seq: Seq) -> int:
+    """The decode steps before the unit's `max_new_tokens` could end `seq` (0 if an EOS
+    must wake its branches: it would close them)."""
+    table = ctl.loud.table
+    if not all(table[e] for e in seq.req.eos_token_ids or ()) or (
+            ctl._eos_id is not None and not table[ctl._eos_id]):
+        return 0  # (branches carry their root's EOS ids)
+    fj = ctl.forkjoin
+    steps = seq.unit.root.req.sampling_params.max_new_tokens - fj.unit_tokens(seq.unit) - fj.closing_reserve(seq.unit)
+    return -(-steps // live_count(seq.unit)) if steps > 0 else 0
 
 
 def resume_decoder(req, unread: int = 0) -> None:

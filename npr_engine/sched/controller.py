@@ -19,7 +19,7 @@ from collections import deque
 from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
-from npr_engine.core.detok import IncrementalDecoder, RememberedTexts
+from npr_engine.core.detok import IncrementalDecoder, RememberedTexts, concatenative
 from npr_engine.core.options import InvalidNprOptions, NprOptions
 from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
@@ -50,6 +50,7 @@ class Controller:
         self._token_cache: dict[str, list[int]] = {}
         # A decoder's window text, by whether special tokens are skipped.
         self._visible_text = {skip: RememberedTexts(functools.partial(self._visible, skip)) for skip in (False, True)}
+        self._concatenative = self.tokenizer is not None and concatenative(self.tokenizer)
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
@@ -84,7 +85,7 @@ class Controller:
         """A sequence's text exactly as its reply shows it: tags kept, other special
         tokens dropped iff the request skips them (npr_engine/core/special.py)."""
         skip = bool(getattr(req.sampling_params, "skip_special_tokens", True))
-        return IncrementalDecoder(self._visible_text[skip])
+        return IncrementalDecoder(self._visible_text[skip], self._concatenative)
 
     def _visible(self, skip: bool, ids) -> str:
         return self.decode(self.special.visible(ids, skip))
@@ -343,8 +344,9 @@ class Controller:
             self.forkjoin.join_step(batch, [s.block for s in to_park], to_stage)
         for seq in roots:
             seq.calm = is_calm(self.loud, seq)
+        units: dict = {}
         for seq in stepped:
-            steps = quiet_steps(self, seq)
+            steps = quiet_steps(self, seq, units)
             if steps:
                 seq.calm, seq.wake_step = True, self.rows.step + 1 + steps
 

@@ -277,8 +277,9 @@ class ForkJoin:
         parent.kv.kv_committed_len = parent.kv.kv_allocated_len = kv_len
         # The joined token ids do not describe their KV positions: keep it out of the tree.
         parent.skip_radix_cache_insert = True
-        # Its text is the branches' (already read): the decoder only needs the context.
-        seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:])
+        # Its text is the branches' (already read): the decoder only needs the context,
+        # which ends with the last branch's close tag and tail (whole texts, encoded).
+        seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:], whole=True)
         if self.ctl.debug_events is not None:
             self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
                         freed=duplicates.tolist())

@@ -88,7 +88,7 @@ def _stage(fj, seq: Seq, block: Block) -> None:
     skip = 0 if j == 1 else 1  # the previous stage step wrote this path's first token
     parent.output_ids.extend(tokens[skip:])
     splice_branch_logprobs(parent, [branch], block.fork_len, skip)
-    seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:])  # its text was read as the branch's
+    seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:], whole=True)  # read as the branch's; ends with its close
     parent.kv.kv_committed_len = parent.kv.kv_allocated_len = end
     block.spliced = j
     # The tail's trained position: right after its path's close tag.
