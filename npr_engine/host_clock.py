@@ -127,9 +127,12 @@ def timed_hook(hook: Hook) -> Hook:
     fn = hook.fn
     if hook.kind is Kind.AROUND:
         inner = fn
+        timed = [None, None]  # (original, its timed wrapper): built once, not per call
 
         def fn(original, *args, **kwargs):
-            return inner(_timed("sglang", original), *args, **kwargs)
+            if timed[0] is not original:
+                timed[:] = original, _timed("sglang", original)
+            return inner(timed[1], *args, **kwargs)
 
         fn = functools.wraps(inner)(fn)
     return Hook(hook.target, hook.kind, _timed(hook.name, fn), hook.pinned)

@@ -168,6 +168,14 @@ class NprOptions:
             return _defaults(cls, _default_schema())
         if not isinstance(raw, dict):
             raise InvalidNprOptions("", f"must be an object, got {type(raw).__name__}")
+        try:  # typed: `True` and `1.0` equal `1`, but only one of them is valid
+            key = frozenset((k, type(v), v) for k, v in raw.items())
+        except TypeError:  # a value that is no scalar (branch_sampling): built anew
+            return cls._checked(raw)
+        return _from_items(cls, key, _default_schema())
+
+    @classmethod
+    def _checked(cls, raw: dict) -> NprOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -205,6 +213,14 @@ def _schema_max_depth(name: str) -> int:
     except (UnknownSchemaError, ValueError, OSError):
         depth = None  # reported below, as the schema field's own error
     return 2 if depth is None else depth
+
+
+@functools.lru_cache(maxsize=256)
+def _from_items(cls, items: frozenset, default_schema: str) -> NprOptions:
+    """Options given as scalars, built once per distinct set and default schema (frozen,
+    so shared): a rollout batch sends the same options with every request. A bad set
+    raises each time."""
+    return cls._checked({k: v for k, _, v in items})
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:

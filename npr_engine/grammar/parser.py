@@ -135,6 +135,9 @@ class TagHit:
     events: tuple[Event, ...]
 
 
+_KINDS: dict[int, tuple] = {}  # id(schema) -> (schema, its tag kinds, their tags)
+
+
 @lru_cache(maxsize=64)
 def _tag_kinds(schema: TagSchema) -> dict[str, frozenset[str]]:
     kinds: dict[str, set[str]] = {}
@@ -156,8 +159,13 @@ class TagParser:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.schema, self.role = schema, role
-        self._kinds = _tag_kinds(schema)
-        self._matcher = TagMatcher(tuple(self._kinds))
+        known = _KINDS.get(id(schema))  # (hashing a schema hashes all its fields: by identity)
+        if known is None or known[0] is not schema:
+            if len(_KINDS) >= 64:  # a schema file is loaded anew by each request naming it
+                _KINDS.clear()
+            known = _KINDS[id(schema)] = (schema, _tag_kinds(schema), tuple(_tag_kinds(schema)))
+        self._kinds = known[1]
+        self._matcher = TagMatcher(known[2])
         self.state = ParserState.SUMMARY if role == "join" else ParserState.OUTSIDE
         self._fed = 0
         self._events: list[Event] = []

@@ -261,11 +261,10 @@ class Partition:
             return []
         rows.screened = self.step
         outputs, table = rows.outputs, loud.table
-        last = list(map(_LAST, outputs.values()))  # loops in C: this runs every step
         loud_rows = []
-        if any(map(table.__getitem__, last)):
+        if not loud.ids.isdisjoint(map(_LAST, outputs.values())):  # loops in C: this runs every step
             reqs = rows.reqs
-            loud_rows = [i for i, token in zip(outputs, last, strict=True) if table[token] and not reqs[i].finished()]
+            loud_rows = [i for i, out in outputs.items() if table[out[-1]] and not reqs[i].finished()]
             rows.wake(loud_rows, self.step, unread=1)
         self.calm_row_steps += len(rows.calm)
         return [rows.reqs[i] for i in loud_rows]

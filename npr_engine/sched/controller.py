@@ -51,6 +51,7 @@ class Controller:
         # A decoder's window text, by whether special tokens are skipped.
         self._visible_text = {skip: RememberedTexts(functools.partial(self._visible, skip)) for skip in (False, True)}
         self._concatenative = self.tokenizer is not None and concatenative(self.tokenizer)
+        self._plain = NprOptions.from_custom_params(None)  # most requests' (this process's default schema)
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
@@ -140,8 +141,9 @@ class Controller:
     def _attach_root(self, req) -> Seq | None:
         if self.tokenizer is None:
             return None
+        custom = req.sampling_params.custom_params
         try:
-            options = NprOptions.from_custom_params(req.sampling_params.custom_params)
+            options = self._plain if custom is None else NprOptions.from_custom_params(custom)
         except InvalidNprOptions as exc:
             from sglang.srt.managers.schedule_batch import FINISH_ABORT
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import operator
 import uuid
 from array import array
 from collections import Counter
@@ -25,6 +27,7 @@ from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
 logger = logging.getLogger("npr_engine")
 
 BRANCH_RID_PREFIX = "npr-branch-"
+_BLOCK = operator.attrgetter("block")
 # SGLang must never finish a branch by length before our own budget does.
 _BRANCH_LENGTH_MARGIN = 64
 
@@ -33,6 +36,8 @@ class ForkJoin:
     def __init__(self, controller):
         self.ctl = controller
         self.scheduler = controller.scheduler
+        # Branch rids: unique per process (one uuid), then a counter (no uuid per branch).
+        self._rids = map(f"{BRANCH_RID_PREFIX}{uuid.uuid4().hex[:16]}-{{:x}}".format, itertools.count())
 
     # -- accounting ---------------------------------------------------------------------
 
@@ -48,27 +53,23 @@ class ForkJoin:
 
     def count_parallel(self, stepped: list[Seq], closing: list[Seq], quiet=()) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran.
-        `quiet`: [block, how many of its quiet branches stepped] (calm.Rows)."""
-        blocks: dict[int, object] = {}
-        decoded = Counter(id(seq.block) for seq in stepped if seq.block is not None)
-        ran = decoded + Counter(id(seq.block) for seq in closing if seq.block is not None)
-        for seq in stepped:
-            if seq.block is not None:
-                blocks[id(seq.block)] = seq.block.trace
+        `stepped`, `closing`: branches; `quiet`: [block, how many of its quiet branches
+        stepped] (calm.Rows)."""
+        decoded = Counter(map(_BLOCK, stepped))  # (C loops: these run every step)
+        ran = decoded + Counter(map(_BLOCK, closing)) if closing else decoded.copy()
         for block, n in quiet:
-            key = id(block)
-            if key in ran:  # beside members that ran as others
-                decoded[key] += n
-                ran[key] += n
-                blocks[key] = block.trace
+            if block in ran:  # beside members that ran as others
+                decoded[block] += n
+                ran[block] += n
             else:  # only quiet members ran (most blocks, most steps)
                 block.trace.decoded += n
                 if n > 1:
                     block.trace.decoded_with_sibling += n
-        for key, trace in blocks.items():  # once per block, not per branch
-            trace.decoded += decoded[key]
-            if ran[key] > 1:
-                trace.decoded_with_sibling += decoded[key]
+        for block, n in decoded.items():  # once per block, not per branch
+            trace = block.trace
+            trace.decoded += n
+            if ran[block] > 1:
+                trace.decoded_with_sibling += n
 
     # -- park ---------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class ForkJoin:
         custom["npr_branch"] = {"path": index, "depth": parent_seq.depth + 1}
         params.custom_params = custom
         req = Req(
-            rid=f"{BRANCH_RID_PREFIX}{uuid.uuid4().hex}",
+            rid=next(self._rids),
             origin_input_text="",
             origin_input_ids=parent.origin_input_ids,
             sampling_params=params,
