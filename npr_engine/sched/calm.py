@@ -31,8 +31,7 @@ from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.special import loud_ids
 from npr_engine.grammar.parser import ParserState
 from npr_engine.grammar.schemas import get_schema, known_schemas
-from npr_engine.sched.forking import live_count
-from npr_engine.sched.state import Phase, Seq
+from npr_engine.sched.state import Phase, Seq, live_count
 
 UNSEEN = object()  # a request the controller has not looked at yet
 _LAST = operator.itemgetter(-1)

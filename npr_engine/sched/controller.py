@@ -336,7 +336,7 @@ class Controller:
                 seq.pending_fork = None
         self.forkjoin.count_parallel(stepped, to_park, quiet)
         self.forkjoin.park(batch, to_park)
-        forked = [seq for seq, plan_items in to_fork if self.forkjoin.fork(batch, seq, plan_items)]
+        forked = self.forkjoin.fork_step(to_fork) if to_fork else []
         # Written tokens that no fork took over (a fork's branches compute them).
         extending = [s for s in to_extend if s.phase is Phase.ACTIVE and not s.req.finished()]
         park(batch, [s.req for s in forked + extending])  # one filter of the batch

@@ -19,10 +19,10 @@ from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.extend import extend_tokens, free_kv_tokens
-from npr_engine.sched.kv import alias_prefix, join_rows
+from npr_engine.sched.kv import alias_prefixes, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
 from npr_engine.sched.rebuild import ALIAS, COPY, note_causal, note_slots
-from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len
+from npr_engine.sched.state import Block, Phase, Seq, Unit, close_len, live_branches, subtree_tokens
 
 logger = logging.getLogger("npr_engine")
 
@@ -43,13 +43,13 @@ class ForkJoin:
 
     def unit_tokens(self, unit: Unit) -> int:
         """Completion tokens of the whole unit: the root's plus every unjoined branch's."""
-        return _subtree_tokens(unit.root)
+        return subtree_tokens(unit.root)
 
     def closing_reserve(self, unit: Unit) -> int:
         """Tokens the live branches still add at least: their close tags (or what is left
         of them), plus one each for the token being decided in the current step."""
         count = self.ctl.close_count
-        return sum((len(s.forced) if s.close_reason else count(s)) + 1 for s in _live_branches(unit.root))
+        return sum((len(s.forced) if s.close_reason else count(s)) + 1 for s in live_branches(unit.root))
 
     def count_parallel(self, stepped: list[Seq], closing: list[Seq], quiet=()) -> None:
         """Parallel-rate counters: a branch token counts as parallel if a sibling also ran.
@@ -81,13 +81,36 @@ class ForkJoin:
 
     # -- fork ---------------------------------------------------------------------------
 
-    def fork(self, batch, seq: Seq, plan_items: tuple[str, ...]) -> bool:
-        """Fork `seq` (or fall back to sequential text: False). The caller parks the
-        parent (one filter of the batch for every fork of a step)."""
+    def fork_step(self, forks: list[tuple[Seq, tuple[str, ...]]]) -> list[Seq]:
+        """A step's forks (each, or its fallback to sequential text); returns the
+        sequences that forked. The caller parks them (one filter of the batch). Their
+        rows are taken and their prefixes aliased at once, not a block at a time."""
+        planned = []
+        rows_needed = 0
+        for seq, plan_items in forks:
+            plan = self._plan(seq, plan_items, rows_needed)
+            if plan is not None:
+                planned.append((seq, *plan))
+                rows_needed += len(plan[0])
+        if not planned:
+            return []
+        pool = self.scheduler.req_to_token_pool
+        rows = iter(pool.alloc_rows(rows_needed))
+        opened = []
+        for seq, ids, block_trace in planned:
+            opened.append((seq, ids, block_trace, [next(rows) for _ in ids]))
+        alias_prefixes(pool.req_to_token, [(s.req.kv.req_pool_idx, r, s.req.kv.kv_committed_len)
+                                           for s, _, _, r in opened])
+        for seq, ids, block_trace, branch_rows in opened:
+            self._open(seq, ids, block_trace, branch_rows)
+        return [seq for seq, *_ in opened]
+
+    def _plan(self, seq: Seq, plan_items: tuple[str, ...], rows_taken: int):
+        """The fork's path ids and trace, or None where it falls back (traced as such)."""
         width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
         width = max(width, 1)
         ids = seq.schema.path_ids(plan_items, width)
-        reason = self._fallback_reason(seq, ids)
+        reason = self._fallback_reason(seq, ids, rows_taken)
         block_trace = seq.unit.trace.new_block(
             parent_block=seq.block.trace.id if seq.is_branch else None,
             parent_path=seq.path.index if seq.is_branch else None,
@@ -103,7 +126,11 @@ class ForkJoin:
         if reason is not None:
             # The parser keeps reading the block as sequential text.
             self.ctl.metrics.fallback(reason)
-            return False
+            return None
+        return ids, block_trace
+
+    def _open(self, seq: Seq, ids: list[str], block_trace, rows: list[int]) -> None:
+        """The block's branches on their rows (prefix aliased already), started."""
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
         if not seq.is_branch and seq.unit.causal_len is None:
@@ -111,9 +138,6 @@ class ForkJoin:
         # Parent tokens without KV: the fork token, or a whole forced block open.
         uncommitted = extend_tokens(parent)
         assert uncommitted >= 1, "not at a step boundary"
-        pool = self.scheduler.req_to_token_pool
-        rows = pool.alloc_rows(width)
-        alias_prefix(pool.req_to_token, parent.kv.req_pool_idx, rows, prefix_len)
         block = Block(trace=block_trace, parent=seq, prefix_len=prefix_len, uncommitted=uncommitted,
                       fork_len=len(parent.output_ids))
         for i, row in enumerate(rows, start=1):
@@ -122,14 +146,14 @@ class ForkJoin:
         seq.phase, seq.child = Phase.FORKED, block
         seq.unit.blocks_open += 1
         self.ctl.lifecycle.opened(seq.unit)
-        self.ctl.metrics.forked(width)
-        self.ctl.rows.wake_unit(_live_branches(seq.unit.root))
+        self.ctl.metrics.forked(len(rows))
+        self.ctl.rows.wake_unit(live_branches(seq.unit.root))
         self._start_branches(block)
         if self.ctl.debug_events is not None:
+            pool = self.scheduler.req_to_token_pool
             self._debug("fork", rid=parent.rid, uncommitted=uncommitted,
                         prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
                         rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
-        return True
 
     def _start_branches(self, block: Block) -> None:
         """Each branch computes the parent's uncommitted tokens and its header: in one
@@ -145,7 +169,9 @@ class ForkJoin:
         pending = block.parent.req.output_ids[-1]
         inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
 
-    def _fallback_reason(self, seq: Seq, ids: list[str]) -> str | None:
+    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int = 0) -> str | None:
+        """Why the fork cannot run (None: it can). `rows_taken`: rows this step's
+        earlier forks will take."""
         width = len(ids)
         if seq.depth + 1 > seq.options.max_depth:
             return "depth"
@@ -162,7 +188,8 @@ class ForkJoin:
         if free_kv_tokens(s) < width * per_branch * 2:
             return "kv_slots"
         running = len(s.running_batch.reqs) if s.running_batch else 0
-        if s.req_to_token_pool.available_size() < width or running + width - 1 > s.max_running_requests:
+        if (s.req_to_token_pool.available_size() - rows_taken < width
+                or running + width - 1 > s.max_running_requests):
             return "max_running_requests"
         return None
 
@@ -237,24 +264,43 @@ class ForkJoin:
             allocator.free_group_end()
 
     def join_ready(self, blocks: list[Block]) -> None:
-        seen = set()
+        """Join each block whose branches are all parked: their slot ids moved into the
+        parents' rows at once (a nested block's parent is a branch, never parked while
+        its own block is open, so no join here depends on another)."""
+        seen, ready = set(), []
         for block in blocks:
             if id(block) not in seen and block.all_parked():
                 seen.add(id(block))
-                self.join(block)
-
-    def join(self, block: Block) -> None:
-        self.ctl.rows.wake_unit(_live_branches(block.parent.unit.root))
-        if staged.applies(self, block):
-            staged.begin(self, block)
+                self.ctl.rows.wake_unit(live_branches(block.parent.unit.root))
+                if staged.applies(self, block):
+                    staged.begin(self, block)
+                else:
+                    ready.append(block)
+        if not ready:
             return
+        pool = self.scheduler.req_to_token_pool
+        debug = [self._branch_copies(block) for block in ready] if self.ctl.debug_events is not None else None
+        ends, duplicates = join_rows(pool.req_to_token, [
+            (block.parent.req.kv.req_pool_idx, block.prefix_len,
+             [(b.req.kv.req_pool_idx, b.req.kv.kv_committed_len) for b in block.branches], block.uncommitted)
+            for block in ready])
+        if duplicates.numel():
+            self.scheduler.token_to_kv_pool_allocator.free(duplicates)
+        for k, (block, kv_len) in enumerate(zip(ready, ends, strict=True)):
+            self._joined_rows(block, kv_len, debug[k] if debug is not None else None)
+
+    def _branch_copies(self, block: Block) -> list[int]:
+        """The slots of u in every branch but the first (the join frees them): debug only."""
+        table = self.scheduler.req_to_token_pool.req_to_token
+        n, u = block.prefix_len, block.uncommitted
+        return [int(x) for b in block.branches[1:] for x in table[b.req.kv.req_pool_idx, n:n + u]]
+
+    def _joined_rows(self, block: Block, kv_len: int, freed: list[int] | None) -> None:
+        """A join once the parent's row holds every branch's slots: requests, text,
+        positions and rows, then the join header."""
         seq, parent = block.parent, block.parent.req
         pool = self.scheduler.req_to_token_pool
         branches = [b.req for b in block.branches]
-        kv_len, duplicates = join_rows(
-            pool.req_to_token, parent.kv.req_pool_idx, block.prefix_len,
-            [(b.kv.req_pool_idx, b.kv.kv_committed_len) for b in branches], block.uncommitted,
-        )
         at = block.prefix_len
         for k, b in enumerate(branches):  # the row pieces join_rows moved in, for a rebuild
             start = block.prefix_len + (block.uncommitted if k else 0)
@@ -269,8 +315,6 @@ class ForkJoin:
         next_pos = max(close_len(b) - b.npr.pos_offset for b in branches)
         seq.pos_offset = kv_len - next_pos
         note_causal(seq, kv_len)
-        if duplicates.numel():
-            self.scheduler.token_to_kv_pool_allocator.free(duplicates)
         pool.free_rows([b.kv.req_pool_idx for b in branches])
         for b in branches:
             b.kv.req_pool_idx = None
@@ -281,9 +325,9 @@ class ForkJoin:
         # Its text is the branches' (already read): the decoder only needs the context,
         # which ends with the last branch's close tag and tail (whole texts, encoded).
         seq.decoder.resume(parent.output_ids[-DECODE_CONTEXT:], whole=True)
-        if self.ctl.debug_events is not None:
+        if freed is not None:
             self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
-                        freed=duplicates.tolist())
+                        freed=freed)
         self.joined(seq, block)
         self._resume(seq, block)
         self.ctl.lifecycle.closed(seq.unit)
@@ -341,43 +385,3 @@ class ForkJoin:
         if self.ctl.debug_events is not None:
             self.ctl.debug_events.append({"event": event, **fields})
 
-
-def reservation(seq: Seq, ratio: float = 1.0) -> float:
-    """KV tokens SGLang's admission should hold back for a running branch.
-
-    A branch runs with a large `max_new_tokens` of its own (SGLang must never end it
-    before our budgets do), but what its unit can still write is the root's
-    `max_new_tokens` less the unit's tokens so far: that is split over the unit's live
-    branches, and no branch gets more than its own path budget leaves; that share counts
-    at SGLang's new-token `ratio`, as any request's remaining budget does. Each also
-    keeps its copy of the parent's uncommitted tokens (freed at the join) and one slot
-    for the step being decided."""
-    unit = seq.unit
-    left = max(unit.root.req.sampling_params.max_new_tokens - _subtree_tokens(unit.root), 0)
-    live = live_count(unit) or 1
-    share = -(-left // live)
-    limit = seq.options.max_path_tokens
-    if limit is not None:
-        share = min(share, max(limit - seq.own_tokens(), 0))
-    return share * ratio + seq.block.uncommitted + 1
-
-
-def _subtree_tokens(seq: Seq) -> int:
-    own = len(seq.req.output_ids) - seq.fork_out_len
-    if seq.child is not None:
-        # A staged join has already moved its first branches into the parent.
-        own += sum(_subtree_tokens(b) for b in seq.child.branches[seq.child.spliced:])
-    return own
-
-
-def live_count(unit: Unit) -> int:
-    """The unit's branches that still write tokens."""
-    return sum(1 for _ in _live_branches(unit.root))
-
-
-def _live_branches(seq: Seq):
-    if seq.child is not None:
-        for b in seq.child.branches:
-            if b.phase in (Phase.ACTIVE, Phase.EXTEND):
-                yield b
-            yield from _live_branches(b)

@@ -9,39 +9,77 @@
 u are the parent's tokens without KV at the fork: the sampled token that completed
 the fork tag, or a whole forced block open written at once. Every branch computes
 them at the same positions in its first step; only branch 1's copy is kept.
+
+A step's forks (and a step's joins) move their slot ids in one indexed copy of the
+row table, not one per block: each is a list of runs (row, start) -> (row, start), n
+slots, gathered and scattered at once (on a GPU, a few kernels a step).
 """
 
 from __future__ import annotations
 
 import torch
 
+Run = tuple[int, int, int, int, int]  # source row, source start, target row, target start, slots
 
-def alias_prefix(req_to_token: torch.Tensor, parent_row: int, rows: list[int], prefix_len: int) -> None:
-    """Branch rows start as the parent's first prefix_len slots (no KV copied)."""
-    req_to_token[rows, :prefix_len] = req_to_token[parent_row, :prefix_len]
+
+def alias_prefixes(req_to_token: torch.Tensor, forks: list[tuple[int, list[int], int]]) -> None:
+    """Branch rows start as their parent's first L slots (no KV copied).
+    forks: (parent row, branch rows, L) for each fork."""
+    _copy(req_to_token, [(parent, 0, row, 0, n) for parent, rows, n in forks for row in rows])
 
 
 def join_rows(
-    req_to_token: torch.Tensor,
-    parent_row: int,
-    prefix_len: int,
-    branches: list[tuple[int, int]],
-    uncommitted: int = 1,
-) -> tuple[int, torch.Tensor]:
-    """Concatenate branch-owned slots into the parent row after the prefix.
+    req_to_token: torch.Tensor, joins: list[tuple[int, int, list[tuple[int, int]], int]]
+) -> tuple[list[int], torch.Tensor]:
+    """Concatenate branch-owned slots into each parent row after its prefix.
 
-    branches: (row, kv_len) per branch in index order; each row owns [prefix_len, kv_len).
-    Returns the parent's new KV length and the duplicate slots of u (uncommitted) to free.
+    joins: (parent row, L, branches, u) for each block; branches: (row, kv_len) in
+    index order, each row owning [L, kv_len). Returns each parent's new KV length and
+    the duplicate slots of u (every branch's copy but the first's), to free.
     """
-    pieces, duplicates = [], []
-    for k, (row, kv_len) in enumerate(branches):
-        own = req_to_token[row, prefix_len:kv_len]
-        if k > 0:
-            duplicates.append(own[:uncommitted])
-            own = own[uncommitted:]
-        pieces.append(own)
-    joined = torch.cat(pieces)
-    end = prefix_len + joined.numel()
-    req_to_token[parent_row, prefix_len:end] = joined
-    dup = torch.cat(duplicates) if duplicates else joined.new_empty(0)
-    return end, dup
+    runs: list[Run] = []
+    duplicates: list[Run] = []
+    ends = []
+    for parent, prefix_len, branches, uncommitted in joins:
+        at = prefix_len
+        for k, (row, kv_len) in enumerate(branches):
+            start = prefix_len
+            if k > 0:
+                duplicates.append((row, prefix_len, 0, 0, min(uncommitted, kv_len - prefix_len)))
+                start += uncommitted
+            if kv_len > start:
+                runs.append((row, start, parent, at, kv_len - start))
+                at += kv_len - start
+        ends.append(at)
+    dup = _gather(req_to_token, duplicates)  # read before the rows are written
+    _copy(req_to_token, runs)
+    return ends, dup
+
+
+def _index(runs: list[Run]) -> tuple[torch.Tensor, ...]:
+    """Source rows, source columns, target rows, target columns of every slot the runs
+    cover (one entry per slot)."""
+    cols = torch.tensor(runs, dtype=torch.long).T  # 5 x runs
+    lens = cols[4]
+    total = int(lens.sum())
+    step_in_run = torch.arange(total) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens, output_size=total)
+    each = torch.repeat_interleave(cols[:4], lens, dim=1, output_size=total)
+    return each[0], each[1] + step_in_run, each[2], each[3] + step_in_run
+
+
+def _gather(table: torch.Tensor, runs: list[Run]) -> torch.Tensor:
+    runs = [r for r in runs if r[4] > 0]
+    if not runs:
+        return table.new_empty(0)
+    src_rows, src_cols, _, _ = (t.to(table.device) for t in _index(runs))
+    return table[src_rows, src_cols]
+
+
+def _copy(table: torch.Tensor, runs: list[Run]) -> None:
+    runs = [r for r in runs if r[4] > 0]
+    if len(runs) == 1:  # one run: two slices
+        src, s0, dst, d0, n = runs[0]
+        table[dst, d0:d0 + n] = table[src, s0:s0 + n]
+    elif runs:
+        src_rows, src_cols, dst_rows, dst_cols = (t.to(table.device) for t in _index(runs))
+        table[dst_rows, dst_cols] = table[src_rows, src_cols]

@@ -102,6 +102,29 @@ def close_len(branch) -> int:
     return seq.close_len if seq.close_len is not None else branch.kv.kv_committed_len
 
 
+def subtree_tokens(seq: Seq) -> int:
+    """Completion tokens of `seq` and of every unjoined branch under it."""
+    own = len(seq.req.output_ids) - seq.fork_out_len
+    if seq.child is not None:
+        # A staged join has already moved its first branches into the parent.
+        own += sum(subtree_tokens(b) for b in seq.child.branches[seq.child.spliced:])
+    return own
+
+
+def live_count(unit: Unit) -> int:
+    """The unit's branches that still write tokens."""
+    return sum(1 for _ in live_branches(unit.root))
+
+
+def live_branches(seq: Seq):
+    """The branches under `seq`, at any depth, that still write tokens."""
+    if seq.child is not None:
+        for b in seq.child.branches:
+            if b.phase in (Phase.ACTIVE, Phase.EXTEND):
+                yield b
+            yield from live_branches(b)
+
+
 def seq_of(req) -> Seq | None:
     """The NPR state of an SGLang request, or None if we do not track it."""
     return req.__dict__.get("npr")
