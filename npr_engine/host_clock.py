@@ -10,6 +10,9 @@ own time per step beside ours, in the same run (benchmarks/host_overhead.py)::
   plugin      every moment inside one of our hooks, minus the original an AROUND hook
               calls (time is exclusive: a hook inside a hook counts once)
   sglang      busy step - forward - plugin (the plugin's time inside busy steps)
+  stock       of the plugin's time, what a few stock functions our hooks call took
+              (batch building and parking, branch requests: `STOCK_CALLED`); still the
+              plugin's in `plugin`, reported apart to show what our own code costs
 
 Busy steps are kept apart by kind (`decode`, `extend`); plugin time outside them (an
 abort, a `get_server_info` call, an idle check) is reported as `plugin_outside_steps`.
@@ -36,6 +39,11 @@ from npr_engine.hooks import Hook, Kind
 ENV = "NPR_HOST_PROFILE"
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
+_BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
+# Stock code our hooks call that does SGLang's own kind of work for us.
+STOCK_CALLED = (f"{_BATCH}.prepare_for_extend", f"{_BATCH}.filter_batch", f"{_BATCH}.merge_batch",
+                f"{_BATCH}.init_new", "sglang.srt.managers.schedule_batch.Req.__init__",
+                "sglang.srt.sampling.sampling_batch_info.SamplingBatchInfo.from_schedule_batch")
 
 
 def enabled() -> bool:
@@ -47,15 +55,15 @@ class HostClock:
         self._stack: list[str] = []
         self._mark = perf_counter()
         self._thread: int | None = None
-        self.seconds = {"plugin": 0.0, "forward": 0.0}
+        self.seconds = {"plugin": 0.0, "forward": 0.0, "stock": 0.0}
         # Plugin seconds by "<kind of the step it ran in> <hook name>" (kind "-": before the
         # iteration's batch is known, or outside any step).
         self.by_hook: dict[str, float] = {}
         # Per kind of busy step: steps, request_steps (sum of batch sizes), step, forward, plugin.
-        self.kinds = {kind: dict.fromkeys(("steps", "request_steps", "step", "forward", "plugin"), 0)
+        self.kinds = {kind: dict.fromkeys(("steps", "request_steps", "step", "forward", "plugin", "stock"), 0)
                       for kind in ("decode", "extend")}
         self.pending = 0.0  # this iteration's time before its batch (kept if one runs)
-        self._iter = (0.0, 0.0)  # plugin and forward seconds when this loop iteration began
+        self._iter = (0.0, 0.0, 0.0)  # plugin, forward, stock seconds when this iteration began
         self._kind: str | None = None  # the kind of the batch this iteration runs
 
     def _ours(self) -> bool:
@@ -79,14 +87,16 @@ class HostClock:
     def _charge(self, mode: str, now: float) -> None:
         if mode == "forward":
             self.seconds["forward"] += now - self._mark
-        elif mode != "sglang":  # a hook's name
+        elif mode != "sglang":  # a hook's name, or stock code one called
             self.seconds["plugin"] += now - self._mark
+            if mode.startswith("stock:"):
+                self.seconds["stock"] += now - self._mark
             key = f"{self._kind or '-'} {mode}"
             self.by_hook[key] = self.by_hook.get(key, 0.0) + now - self._mark
 
     def begin_iteration(self) -> None:
         self.pending, self._kind = 0.0, None
-        self._iter = (self.seconds["plugin"], self.seconds["forward"])
+        self._iter = (self.seconds["plugin"], self.seconds["forward"], self.seconds["stock"])
 
     def end_step(self, seconds: float) -> None:
         """The busy step of this iteration ended after `seconds` of its own time."""
@@ -96,6 +106,7 @@ class HostClock:
         k["step"] += seconds
         k["plugin"] += self.seconds["plugin"] - self._iter[0]
         k["forward"] += self.seconds["forward"] - self._iter[1]
+        k["stock"] += self.seconds["stock"] - self._iter[2]
         self._kind = None
 
     def report(self) -> dict:
@@ -189,6 +200,22 @@ def _device(original, *args, **kwargs):
     return _timed("forward", original)(*args, **kwargs)
 
 
+def _stock_called(name: str):
+    mode = f"stock:{name}"
+
+    def around(original, *args, **kwargs):
+        top = CLOCK._stack[-1] if CLOCK._stack and CLOCK._ours() else "sglang"
+        if top in ("sglang", "forward") or top.startswith("stock:"):
+            return original(*args, **kwargs)  # SGLang's own call
+        CLOCK.enter(mode)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            CLOCK.leave()
+
+    return around
+
+
 def profile_hooks() -> list[Hook]:
     """The stock brackets (installed only when profiling)."""
     return [
@@ -198,4 +225,5 @@ def profile_hooks() -> list[Hook]:
         Hook(f"{_SCHED}.process_batch_result", Kind.AROUND, _process_result),
         Hook(f"{_RUNNER}.forward", Kind.AROUND, _device),
         Hook(f"{_RUNNER}.sample", Kind.AROUND, _device),
-    ]
+    ] + [Hook(target, Kind.AROUND, _stock_called(target.rsplit(".", 2)[-2] + "." + target.rsplit(".", 1)[-1]))
+         for target in STOCK_CALLED]
