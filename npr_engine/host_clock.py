@@ -118,16 +118,21 @@ class HostClock:
 CLOCK = HostClock()
 
 
+def _charged(mode: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its time charged to `mode`."""
+    CLOCK.enter(mode)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        CLOCK.leave()
+
+
 def _timed(mode: str, fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if not CLOCK._ours():
             return fn(*args, **kwargs)
-        CLOCK.enter(mode)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            CLOCK.leave()
+        return _charged(mode, fn, *args, **kwargs)
 
     return wrapper
 
@@ -207,11 +212,7 @@ def _stock_called(name: str):
         top = CLOCK._stack[-1] if CLOCK._stack and CLOCK._ours() else "sglang"
         if top in ("sglang", "forward") or top.startswith("stock:"):
             return original(*args, **kwargs)  # SGLang's own call
-        CLOCK.enter(mode)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            CLOCK.leave()
+        return _charged(mode, original, *args, **kwargs)
 
     return around
 

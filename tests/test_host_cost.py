@@ -61,6 +61,15 @@ def _decode_batch(reqs) -> SimpleNamespace:
                            forward_mode=SimpleNamespace(is_decode=lambda: True, is_extend=lambda: False))
 
 
+def _count_decodes(reqs) -> list:
+    """The id lists the requests' decoders decode from now on (appended as they go)."""
+    decodes = []
+    for req in reqs:
+        inner = req.npr.decoder._decode
+        req.npr.decoder._decode = lambda ids, inner=inner: decodes.append(ids) or inner(ids)
+    return decodes
+
+
 def _step(ctl, reqs, token: int, batch=None) -> int:
     """One decode step's result processing up to the stock part (and after it, given
     the batch); returns the device reads."""
@@ -99,10 +108,7 @@ def test_calm_requests_cost_no_read_and_no_decode(ctl, tokenizer):
     batch = _decode_batch(reqs)
     assert _step(ctl, reqs, token, batch) == 0  # first sight: nothing to inject, no read
     assert all(req.npr.calm for req in reqs)
-    decodes = []
-    for req in reqs:
-        inner = req.npr.decoder._decode
-        req.npr.decoder._decode = lambda ids, inner=inner: decodes.append(ids) or inner(ids)
+    decodes = _count_decodes(reqs)
     for _ in range(3):
         assert _step(ctl, reqs, token, batch) == 0
     assert decodes == [] and ctl._busy is None and all(req.npr.calm for req in reqs)
@@ -194,10 +200,7 @@ def test_joined_roots_are_calm_in_their_summary(ctl, tokenizer):
     ctl.rows.rows = None  # the batch the joined roots come back in
     _step(ctl, reqs, token, batch)
     assert all(req.npr.calm for req in reqs)
-    decodes = []
-    for req in reqs:
-        inner = req.npr.decoder._decode
-        req.npr.decoder._decode = lambda ids, inner=inner: decodes.append(ids) or inner(ids)
+    decodes = _count_decodes(reqs)
     for _ in range(3):
         assert _step(ctl, reqs, token, batch) == 0
     assert decodes == [] and ctl._busy is None
