@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from npr_engine.core.options import InvalidNprOptions, NprOptions
 from npr_engine.grammar import (
     MULTIVERSE,
     NPR,
@@ -349,3 +350,20 @@ def test_splitter_holds_back_partial_tag() -> None:
     assert s.feed("ary>ok") == ("", "<summary>ok")
     assert s.feed(" <") == ("", " ")
     assert s.finish() == ("", "<")
+
+
+def test_options_are_built_once_per_set_but_a_schema_file_is_read_each_time(tmp_path: Path) -> None:
+    """Rollouts send the same options with every request: those naming a registered
+    schema are built once (shared, frozen); a schema file is checked with every request,
+    so one removed since gives the next request a typed error, not a stale schema."""
+    opts = {"npr": {"paths": 3, "schema": "npr"}}
+    assert NprOptions.from_custom_params(opts) is NprOptions.from_custom_params({"npr": {"schema": "npr", "paths": 3}})
+    with pytest.raises(InvalidNprOptions, match="paths"):
+        NprOptions.from_custom_params({"npr": {"paths": True, "schema": "npr"}})  # typed key: True is not 1
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(NPR.to_dict() | {"name": "mine"}))
+    with_file = {"npr": {"paths": 3, "schema": str(path)}}
+    assert NprOptions.from_custom_params(with_file).tag_schema.name == "mine"
+    path.unlink()
+    with pytest.raises(InvalidNprOptions, match="schema"):
+        NprOptions.from_custom_params(with_file)

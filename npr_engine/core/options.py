@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from npr_engine.grammar.schemas import TagSchema, UnknownSchemaError, get_schema
+from npr_engine.grammar.schemas import TagSchema, UnknownSchemaError, get_schema, is_registered
 
 POSITION_POLICIES = ("shared",)  # "sequential" needs re-rotated keys: not offered yet
 OPTIONS_KEY = "npr"
@@ -168,6 +168,9 @@ class NprOptions:
             return _defaults(cls, _default_schema())
         if not isinstance(raw, dict):
             raise InvalidNprOptions("", f"must be an object, got {type(raw).__name__}")
+        schema = raw.get("schema")
+        if schema is not None and not is_registered(schema):
+            return cls._checked(raw)  # a schema file: checked (read) with every request
         try:  # typed: `True` and `1.0` equal `1`, but only one of them is valid
             key = frozenset((k, type(v), v) for k, v in raw.items())
         except TypeError:  # a value that is no scalar (branch_sampling): built anew

@@ -269,6 +269,11 @@ def known_schemas() -> list[str]:
     return list(_REGISTRY)
 
 
+def is_registered(name: Any) -> bool:
+    """Whether `name` names a registered schema (not a file path)."""
+    return isinstance(name, str) and name in _REGISTRY
+
+
 def register_schema(schema: TagSchema, *, replace: bool = False) -> TagSchema:
     """Make ``schema`` available to :func:`get_schema` by its name.
 

@@ -20,7 +20,7 @@ from sglang.srt.runtime_context import get_observability, get_parallel
 
 from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder, RememberedTexts, concatenative
-from npr_engine.core.options import InvalidNprOptions, NprOptions
+from npr_engine.core.options import NprOptions
 from npr_engine.core.special import SpecialTokens
 from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
@@ -144,14 +144,14 @@ class Controller:
         custom = req.sampling_params.custom_params
         try:
             options = self._plain if custom is None else NprOptions.from_custom_params(custom)
-        except InvalidNprOptions as exc:
+            if not options.enabled:
+                return None
+            schema = options.tag_schema
+        except (ValueError, OSError) as exc:  # InvalidNprOptions; a schema file gone or bad since
             from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
             req.to_finish = FINISH_ABORT(str(exc), 400, "BadRequestError")
             return None
-        if not options.enabled:
-            return None
-        schema = options.tag_schema
         unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
         seq = Seq(req, unit, options, schema, TagParser(schema, "root"), self.decoder_for(req))
         note_causal(seq, 0)
