@@ -199,3 +199,42 @@ def test_an_abort_by_rid_finds_a_held_unit():
     lifecycle.held[id(held)] = Held(held, [])  # a joined root with no block open: held only
     assert lifecycle.matching("req-b", abort_all=False) == [held]
     assert lifecycle.matching("", abort_all=True) == [forked, held]
+
+
+def test_a_steps_forks_count_each_others_branches_against_max_running_requests(monkeypatch):
+    """Forks of one step see the rows and running requests the step's earlier forks add
+    (each: its width less its parked parent): three 3-path forks beside 3 running
+    requests and max_running_requests=6 leave only the first to run."""
+    from types import SimpleNamespace
+
+    from npr_engine.core.options import NprOptions
+    from npr_engine.core.trace import RequestTrace
+    from npr_engine.grammar import PARALLEL, TagParser
+    from npr_engine.sched.forking import ForkJoin
+    from npr_engine.sched.state import Seq, Unit
+
+    fallbacks, opened = [], []
+    scheduler = SimpleNamespace(
+        token_to_kv_pool_allocator=SimpleNamespace(available_size=lambda: 10_000),
+        tree_cache=SimpleNamespace(evictable_size=lambda: 0),
+        req_to_token_pool=SimpleNamespace(available_size=lambda: 100, alloc_rows=lambda n: list(range(10, 10 + n)),
+                                          req_to_token=None),
+        running_batch=SimpleNamespace(reqs=[object()] * 3), max_running_requests=6)
+    ctl = SimpleNamespace(scheduler=scheduler, tokens=lambda text: [0] * max(len(text) // 4, 1),
+                          close_count=lambda seq: 2, metrics=SimpleNamespace(fallback=fallbacks.append))
+    fj = ForkJoin(ctl)
+    monkeypatch.setattr("npr_engine.sched.forking.alias_prefixes", lambda table, forks: None)
+    monkeypatch.setattr(fj, "_open", lambda seq, ids, trace, rows: opened.append(rows))
+    options = NprOptions.from_dict({"paths": 3})
+    forks = []
+    for _ in range(3):
+        req = SimpleNamespace(output_ids=[1, 2], sampling_params=SimpleNamespace(max_new_tokens=500),
+                              kv=SimpleNamespace(req_pool_idx=1, kv_committed_len=5))
+        unit = Unit(root=None, trace=RequestTrace(schema="parallel"))
+        unit.root = Seq(req, unit, options, PARALLEL, TagParser(PARALLEL, "root"), None)
+        forks.append((unit.root, ()))
+    assert fj.fork_step(forks) == [forks[0][0]]
+    assert opened == [[10, 11, 12]] and fallbacks == ["max_running_requests"] * 2
+    scheduler.max_running_requests = 3 + 3 * 2  # room for all three
+    fallbacks.clear(), opened.clear()
+    assert len(fj.fork_step(forks)) == 3 and fallbacks == [] and opened == [[10, 11, 12], [13, 14, 15], [16, 17, 18]]

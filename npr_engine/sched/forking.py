@@ -88,7 +88,7 @@ class ForkJoin:
         planned = []
         rows_needed = 0
         for seq, plan_items in forks:
-            plan = self._plan(seq, plan_items, rows_needed)
+            plan = self._plan(seq, plan_items, rows_needed, len(planned))
             if plan is not None:
                 planned.append((seq, *plan))
                 rows_needed += len(plan[0])
@@ -105,12 +105,12 @@ class ForkJoin:
             self._open(seq, ids, block_trace, branch_rows)
         return [seq for seq, *_ in opened]
 
-    def _plan(self, seq: Seq, plan_items: tuple[str, ...], rows_taken: int):
+    def _plan(self, seq: Seq, plan_items: tuple[str, ...], rows_taken: int, forks_taken: int):
         """The fork's path ids and trace, or None where it falls back (traced as such)."""
         width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
         width = max(width, 1)
         ids = seq.schema.path_ids(plan_items, width)
-        reason = self._fallback_reason(seq, ids, rows_taken)
+        reason = self._fallback_reason(seq, ids, rows_taken, forks_taken)
         block_trace = seq.unit.trace.new_block(
             parent_block=seq.block.trace.id if seq.is_branch else None,
             parent_path=seq.path.index if seq.is_branch else None,
@@ -169,9 +169,9 @@ class ForkJoin:
         pending = block.parent.req.output_ids[-1]
         inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
 
-    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int = 0) -> str | None:
+    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int = 0, forks_taken: int = 0) -> str | None:
         """Why the fork cannot run (None: it can). `rows_taken`: rows this step's
-        earlier forks will take."""
+        `forks_taken` earlier forks will take (each adds its width less its parent)."""
         width = len(ids)
         if seq.depth + 1 > seq.options.max_depth:
             return "depth"
@@ -189,7 +189,7 @@ class ForkJoin:
             return "kv_slots"
         running = len(s.running_batch.reqs) if s.running_batch else 0
         if (s.req_to_token_pool.available_size() - rows_taken < width
-                or running + width - 1 > s.max_running_requests):
+                or running + rows_taken - forks_taken + width - 1 > s.max_running_requests):
             return "max_running_requests"
         return None
 
