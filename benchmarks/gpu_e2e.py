@@ -38,6 +38,7 @@ from pathlib import Path
 DEFAULT_TOKENIZER = Path.home() / ".cache/npr_engine/models/SmolLM2-135M-Instruct"
 WIDTHS = (2, 4, 8)
 PROMPTS_PER_WIDTH = 4
+CUDA_GRAPH_MAX_BS = 80  # >= every batch of the check: roots (12) plus their branches (56)
 TIE_EPS = {"float32": 1e-3, "bfloat16": 0.25}  # a top-2 logprob margin below this is a near-tie
 # NOTE: Triton's tl.dot multiplies float32 as tf32 unless told otherwise (SGLang's Triton
 # kernels do not say), while shared_prefix_decode uses ieee for float32: ~1e-3 apart,
@@ -143,6 +144,10 @@ def worker(config_path: Path) -> None:
     extra = {"device": "cpu"} if cfg["device"] == "cpu" else {"mem_fraction_static": 0.3}
     t0 = time.perf_counter()
     backend, backend_args = parse_backend(cfg["backend"])
+    if not backend_args["disable_cuda_graph"]:
+        # Every batch this check runs (at most 12 roots and their 56 branches) replays a
+        # graph; fewer sizes to capture than SGLang's default list.
+        backend_args["cuda_graph_max_bs"] = CUDA_GRAPH_MAX_BS
     llm = sglang.Engine(
         model_path=cfg["model"], dtype=cfg["dtype"], attention_backend=backend,
         sampling_backend="pytorch", max_total_tokens=cfg["kv_tokens"],
@@ -238,8 +243,8 @@ def locate(index: int, blocks: list[dict]) -> str:
     return f"summary token {index - pos}"
 
 
-def problems(runs: list[dict], requests: list[dict], backend: str) -> list[str]:
-    """Why two runs are not a valid comparison (empty: they are)."""
+def problems(runs: list[dict], requests: list[dict]) -> list[str]:
+    """Why two runs (reference, checked) are not a valid comparison (empty: they are)."""
     found = [f"run {i} ({r['backend']}): {r['error']}" for i, r in enumerate(runs) if "error" in r]
     if found:
         return found
@@ -253,16 +258,16 @@ def problems(runs: list[dict], requests: list[dict], backend: str) -> list[str]:
         routed = run["routed"] or {}
         if not options["disable_cuda_graph"] and not routed.get("graph_replays"):
             found.append(f"{run['backend']}: no decode step replayed a CUDA graph ({routed})")
-        if name == backend.partition(":")[0] == "npr_triton" and run is runs[1]:
+        if name == "npr_triton" and run is runs[1]:
             key = "layer_calls" if options["disable_cuda_graph"] else "graph_steps"
             if not routed.get(key):
                 found.append(f"{run['backend']} sent no decode step to shared_prefix_decode ({routed})")
     return found
 
 
-def evaluate(dtype: str, runs: list[dict], requests: list[dict], args: argparse.Namespace) -> dict:
-    entry = {"runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs]}
-    entry["problems"] = problems(runs, requests, args.backends[1])
+def evaluate(dtype: str, runs: list[dict], requests: list[dict]) -> dict:
+    """The checked run (runs[1]) against the reference (runs[0]), request by request."""
+    entry = {"problems": problems(runs, requests)}
     if any("error" in r for r in runs):
         return entry
     rows = [compare(a, b, TIE_EPS[dtype]) | {"width": req["width"], "prompt": len(req["input_ids"])}
@@ -270,28 +275,34 @@ def evaluate(dtype: str, runs: list[dict], requests: list[dict], args: argparse.
     entry["requests"] = rows
     equal = sum(r["equal"] for r in rows)
     ties = sum(bool(r.get("near_tie")) for r in rows)
+    divergences = sorted(r["first_divergence"] for r in rows if not r["equal"])
     verdict = f"MATCH: all {equal} requests token-identical"
     if equal < len(rows):
-        verdict = f"DIVERGED: {equal}/{len(rows)} requests token-identical, {ties} of the others part at a near-tie"
+        verdict = (f"DIVERGED: {equal}/{len(rows)} requests token-identical, {ties} of the others part at a "
+                   f"near-tie; first divergences {divergences}")
     invalid = "INVALID (" + "; ".join(entry["problems"]) + "), " if entry["problems"] else ""
     entry["verdict"] = invalid + verdict
     return entry
 
 
 def table(report: dict) -> str:
-    lines = [f"{'dtype':9} {'W':>2} {'prompt':>6} {'tokens':>9} {'equal':>5} {'div':>4} {'where':18} "
-             f"{'margin ref/new':>17} {'max|dlp|':>9}"]
+    lines = [f"{'dtype':9} {'checked':24} {'W':>2} {'prompt':>6} {'tokens':>9} {'equal':>5} {'div':>4} "
+             f"{'where':18} {'margin ref/new':>17} {'max|dlp|':>9}"]
     for dtype, entry in report["dtypes"].items():
-        for r in entry.get("requests", []):
-            margins = "-" if r["equal"] else f"{_fmt(r.get('margin_ref'))}/{_fmt(r.get('margin_new'))}"
-            lines.append(f"{dtype:9} {r['width']:>2} {r['prompt']:>6} {'/'.join(map(str, r['tokens'])):>9} "
-                         f"{'yes' if r['equal'] else 'NO':>5} {_fmt(r['first_divergence']):>4} "
-                         f"{r.get('where', '-'):18} {margins:>17} {r['max_logprob_diff_while_equal']:9.2e}")
+        for checked, comparison in entry["comparisons"].items():
+            for r in comparison.get("requests", []):
+                margins = "-" if r["equal"] else f"{_fmt(r.get('margin_ref'))}/{_fmt(r.get('margin_new'))}"
+                lines.append(f"{dtype:9} {checked:24} {r['width']:>2} {r['prompt']:>6} "
+                             f"{'/'.join(map(str, r['tokens'])):>9} {'yes' if r['equal'] else 'NO':>5} "
+                             f"{_fmt(r['first_divergence']):>4} {r.get('where', '-'):18} {margins:>17} "
+                             f"{r['max_logprob_diff_while_equal']:9.2e}")
     for dtype, entry in report["dtypes"].items():
         for i, run in enumerate(entry["runs"]):
             times = " ".join(f"{k} {run[k]:.1f}s" for k in ("start_s", "generate_s", "stop_s", "wall_s") if k in run)
             lines.append(f"{dtype} run {i} {run['backend']}: routed {run.get('routed')} {times} {run.get('error', '')}")
-        lines.append(f"{dtype}: {entry.get('verdict', 'NOT COMPARED: ' + '; '.join(entry['problems']))}")
+        for checked, comparison in entry["comparisons"].items():
+            verdict = comparison.get("verdict", "NOT COMPARED: " + "; ".join(comparison["problems"]))
+            lines.append(f"{dtype} {checked} vs {entry['runs'][0]['backend']}: {verdict}")
     return "\n".join(lines)
 
 
@@ -306,9 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("outdir", nargs="?", type=Path)
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--backends", nargs=2, default=["triton", "npr_triton"],
-                   help="reference, then checked: NAME[:splits=N][,graphs] (triton triton:splits=16: noise "
-                        "floor; npr_triton npr_triton:graphs: CUDA graphs on vs off)")
+    p.add_argument("--backends", nargs="+", default=["triton", "npr_triton"],
+                   help="the reference, then each checked against it: NAME[:splits=N][,graphs] (triton "
+                        "triton:splits=16: noise floor; npr_triton npr_triton:graphs: CUDA graphs on vs off)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(TIE_EPS))
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     p.add_argument("--small", action="store_true", help="a tiny model and short requests (CPU runs)")
@@ -322,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker)
         return 0
+    if len(args.backends) < 2:
+        raise SystemExit("--backends: a reference and at least one backend to check against it")
     deadline = time.monotonic() + args.budget_s
     args.outdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="npr_e2e."))
@@ -333,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = report["dtypes"].values()
     if any("error" in r for e in entries for r in e["runs"]):
         return 1
-    return 2 if any(e["problems"] for e in entries) else 0
+    return 2 if any(c["problems"] for e in entries for c in e["comparisons"].values()) else 0
 
 
 def run_all(args: argparse.Namespace, work: Path, deadline: float) -> dict:
@@ -347,8 +360,6 @@ def run_all(args: argparse.Namespace, work: Path, deadline: float) -> dict:
     report = {"device": args.device, "backends": args.backends, "shape": asdict(shape),
               "build_model_s": time.perf_counter() - t0, "dtypes": {}}
     print(f"model built in {report['build_model_s']:.1f}s: {shape}; {len(requests)} requests", flush=True)
-    if not args.backends[1].startswith("npr_triton"):
-        print(f"NOTE: checked backend {args.backends[1]}: no routing to shared_prefix_decode to prove")
     for dtype in args.dtypes:
         runs = []
         for i, backend in enumerate(args.backends):
@@ -358,7 +369,9 @@ def run_all(args: argparse.Namespace, work: Path, deadline: float) -> dict:
             run = launch(cfg, work, left) if left >= args.min_run_s else {"error": "skipped: time budget spent"}
             runs.append(run | {"backend": backend})
             print(f"{dtype} {backend}: {'error: ' + run['error'] if 'error' in run else 'done'}", flush=True)
-        report["dtypes"][dtype] = evaluate(dtype, runs, requests, args) | {"env": RUN_ENV[dtype]}
+        report["dtypes"][dtype] = {
+            "env": RUN_ENV[dtype], "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs],
+            "comparisons": {r["backend"]: evaluate(dtype, [runs[0], r], requests) for r in runs[1:]}}
         (args.outdir / "gpu_e2e.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -32,10 +32,49 @@ def _run(backend: str, routed: dict) -> dict:
 def test_a_graph_run_that_replayed_nothing_is_no_comparison():
     requests = [{"width": 2}]
     ok = [_run("npr_triton", {"layer_calls": 3}), _run("npr_triton:graphs", {"graph_replays": 9, "graph_steps": 4})]
-    assert gpu_e2e.problems(ok, requests, "npr_triton:graphs") == []
+    assert gpu_e2e.problems(ok, requests) == []
     eager_only = [ok[0], _run("npr_triton:graphs", {"graph_replays": 0, "layer_calls": 40})]
-    assert any("replayed a CUDA graph" in p for p in gpu_e2e.problems(eager_only, requests, "npr_triton:graphs"))
+    assert any("replayed a CUDA graph" in p for p in gpu_e2e.problems(eager_only, requests))
     unrouted = [ok[0], _run("npr_triton:graphs", {"graph_replays": 9, "graph_steps": 0})]
-    assert any("shared_prefix_decode" in p for p in gpu_e2e.problems(unrouted, requests, "npr_triton:graphs"))
+    assert any("shared_prefix_decode" in p for p in gpu_e2e.problems(unrouted, requests))
     floor = [_run("triton:graphs", {"graph_replays": 5}), _run("triton:graphs,splits=16", {"graph_replays": 5})]
-    assert gpu_e2e.problems(floor, requests, "triton:graphs,splits=16") == []
+    assert gpu_e2e.problems(floor, requests) == []
+
+
+def test_each_checked_backend_is_compared_with_the_reference(monkeypatch, tmp_path, capsys):
+    """One reference run, then every other backend compared with it (the noise floor and
+    the checked backend from one model and one set of requests)."""
+    import json
+
+    def build_model(out, tokenizer_dir, shape):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps({"vocab_size": 500}))
+        return out
+
+    def launch(cfg, work, timeout_s):
+        requests = json.loads(Path(cfg["requests"]).read_text())
+        outputs = []
+        for r in requests:
+            ids = [7] * 10
+            if cfg["backend"] == "triton:graphs,splits=16" and r["width"] == 8:
+                ids = ids[:4] + [8] * 6  # the noise floor parts at token 4 on W=8 requests
+            block = {"width": r["width"], "fallback": None, "depth": 1, "fork_offset": 2, "paths": [4] * r["width"]}
+            outputs.append({"ids": ids, "logprobs": [-0.1] * 10, "top2": [[(-0.1, 7), (-0.2, 8)]] * 10,
+                            "blocks": [block]})
+        routed = {"graph_replays": 3, "graph_steps": 2} if "graphs" in cfg["backend"] else {"layer_calls": 5}
+        return {"routed": routed, "outputs": outputs, "start_s": 1.0, "generate_s": 1.0, "stop_s": 0.1}
+
+    monkeypatch.setattr(gpu_e2e, "build_model", build_model)
+    monkeypatch.setattr(gpu_e2e, "launch", launch)
+    rc = gpu_e2e.main([str(tmp_path / "out"), "--dtypes", "bfloat16", "--backends", "triton:graphs",
+                       "triton:graphs,splits=16", "npr_triton:graphs"])
+    assert rc == 0
+    report = json.loads((tmp_path / "out/gpu_e2e.json").read_text())["dtypes"]["bfloat16"]
+    assert [r["backend"] for r in report["runs"]] == ["triton:graphs", "triton:graphs,splits=16", "npr_triton:graphs"]
+    floor, checked = report["comparisons"]["triton:graphs,splits=16"], report["comparisons"]["npr_triton:graphs"]
+    assert checked["verdict"] == "MATCH: all 12 requests token-identical"
+    assert floor["verdict"].startswith("DIVERGED: 8/12") and "first divergences [4, 4, 4, 4]" in floor["verdict"]
+    out = capsys.readouterr().out
+    assert "bfloat16 npr_triton:graphs vs triton:graphs: MATCH" in out
+    with pytest.raises(SystemExit, match="at least one backend"):
+        gpu_e2e.main([str(tmp_path / "out"), "--backends", "triton"])
