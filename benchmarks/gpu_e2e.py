@@ -147,7 +147,7 @@ def worker(config_path: Path) -> None:
     if not backend_args["disable_cuda_graph"]:
         # Every batch this check runs (at most 12 roots and their 56 branches) replays a
         # graph; fewer sizes to capture than SGLang's default list.
-        backend_args["cuda_graph_max_bs"] = CUDA_GRAPH_MAX_BS
+        backend_args["cuda_graph_max_bs_decode"] = CUDA_GRAPH_MAX_BS
     llm = sglang.Engine(
         model_path=cfg["model"], dtype=cfg["dtype"], attention_backend=backend,
         sampling_backend="pytorch", max_total_tokens=cfg["kv_tokens"],

@@ -62,13 +62,15 @@ def tile_config(block_m: int, head_dim: int, **overrides: int | bool) -> TileCon
 
 
 @functools.lru_cache(maxsize=16)
-def sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device | str) -> int:
+    """SMs of `device` (SGLang's attention backends keep their device as a string)."""
+    device = torch.device(device)
     if device.type != "cuda":
         return 8  # the interpreter: any small number exercises the split logic
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def wave_slots(num_kv_heads: int, cfg: TileConfig, device: torch.device) -> int:
+def wave_slots(num_kv_heads: int, cfg: TileConfig, device: torch.device | str) -> int:
     """Programs per kv head that fit in one wave."""
     return max(1, cfg.programs_per_sm * sm_count(device) // max(1, num_kv_heads))
 

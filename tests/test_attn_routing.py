@@ -166,3 +166,18 @@ def test_backend_hook_module_registers_on_cpu() -> None:
     # So does the view a CUDA-graph replay prepares its metadata from (keyword call).
     view = mod.carry_rows_into_replay(SimpleNamespace(), forward_batch=tagged, bs=4, raw_bs=3)
     assert view.npr_rows is tagged.npr_rows
+
+
+def test_graph_splits_take_the_device_as_sglang_keeps_it() -> None:
+    """SGLang's attention backends keep `device` as a string ("cuda"): the per-graph split
+    counts, computed at capture from it, must take one (the first H200 run with CUDA
+    graphs died at capture on `'str' object has no attribute 'type'`)."""
+    pytest.importorskip("sglang")
+    from npr_engine.patches import attention_backend as mod
+
+    cls = mod.backend_class()
+    backend = object.__new__(cls)  # only what _npr_graph_splits reads
+    backend.num_head, backend.num_kv_head, backend.v_head_dim, backend.device = 32, 8, 128, "cpu"
+    for bs in (1, 8, 80):
+        prefix, suffix = backend._npr_graph_splits(bs)
+        assert prefix >= 1 and suffix >= 1
