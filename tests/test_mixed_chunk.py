@@ -66,6 +66,8 @@ def chunked(tiny_model_dir):
     llm = start_engine(
         model_path=str(tiny_model_dir), device="cpu", attention_backend="torch_native", disable_cuda_graph=True,
         dtype="float32", max_total_tokens=4096, chunked_prefill_size=64, random_seed=0, log_level="error",
+        # NOTE: in-process settings are global: keep the session engine's (scripted tests).
+        enable_custom_logit_processor=True,
     )
     try:
         yield llm
