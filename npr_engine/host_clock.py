@@ -226,5 +226,4 @@ def profile_hooks() -> list[Hook]:
         Hook(f"{_SCHED}.process_batch_result", Kind.AROUND, _process_result),
         Hook(f"{_RUNNER}.forward", Kind.AROUND, _device),
         Hook(f"{_RUNNER}.sample", Kind.AROUND, _device),
-    ] + [Hook(target, Kind.AROUND, _stock_called(target.rsplit(".", 2)[-2] + "." + target.rsplit(".", 1)[-1]))
-         for target in STOCK_CALLED]
+    ] + [Hook(target, Kind.AROUND, _stock_called(".".join(target.split(".")[-2:]))) for target in STOCK_CALLED]

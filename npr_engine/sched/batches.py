@@ -86,11 +86,11 @@ def write_overrides(scheduler, batch, result, overrides: list[tuple[int, int]]) 
     buf[rows.to(buf.device)] = tokens.to(buf.dtype)
 
 
-def commits_token(batch, req) -> bool:
-    """Whether `req` commits a token in the step `batch` ran (SGLang appends one): as
-    SGLang 0.5.23 decides it, a middle prefill chunk commits nothing.
+def commits_token(req) -> bool:
+    """Whether `req` commits a token in the step it ran (SGLang appends one): as SGLang
+    0.5.23 decides it, a middle prefill chunk commits nothing.
 
-    NOTE: not `batch.chunked_req`: a running batch that began as a chunk step's batch
-    keeps that field after the chunked request's last chunk, and every decode step of
-    it would have looked uncommitted (its forced tags and forks lost)."""
+    NOTE: not the batch's `chunked_req`: a running batch that began as a chunk step's
+    batch keeps that field after the chunked request's last chunk, and every decode step
+    of it would have looked uncommitted (its forced tags and forks lost)."""
     return not (req.finished() or req.is_retracted or req.inflight_middle_chunks > 0)

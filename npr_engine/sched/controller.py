@@ -186,7 +186,7 @@ class Controller:
             if seq is None:
                 continue  # untracked (`parallel: false`, say): nothing to do, ever
             if seq is UNSEEN:
-                if not commits_token(batch, req):
+                if not commits_token(req):
                     continue
                 seq = self.attach(req)
                 if seq is None:
@@ -207,7 +207,7 @@ class Controller:
                         continue
                 resume_decoder(req)  # a loud id at once, or an extend (a retracted one's prefill)
             busy.append(req)
-            if not commits_token(batch, req):
+            if not commits_token(req):
                 continue
             req._npr_prev_len = len(req.output_ids)
             if not seq.forced and seq.block is None:

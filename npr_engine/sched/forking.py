@@ -169,7 +169,7 @@ class ForkJoin:
         pending = block.parent.req.output_ids[-1]
         inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
 
-    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int = 0, forks_taken: int = 0) -> str | None:
+    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int, forks_taken: int) -> str | None:
         """Why the fork cannot run (None: it can). `rows_taken`: rows this step's
         `forks_taken` earlier forks will take (each adds its width less its parent)."""
         width = len(ids)
