@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from npr_engine.sched.kv import alias_prefixes, join_rows
+from npr_engine.sched.kv import alias_prefixes, join_rows, write_extend_slots
 
 
 def _table(rng: random.Random, rows: int = 40, width: int = 300) -> torch.Tensor:
@@ -56,3 +56,36 @@ def test_step_of_joins_concatenates_each_block():
         ends, dups = join_rows(table, joins)
         assert ends == want_ends and torch.equal(table, expected)
         assert torch.equal(dups, torch.cat(want_dups) if want_dups else dups[:0])
+
+
+def test_extend_over_held_rows_writes_what_sglangs_fallback_writes(monkeypatch):
+    """SGLang's CPU writer, given each row's own prefix, rewrites it and adds the new
+    slots; ours (patches/extend_batch.py) writes the new slots alone: same table."""
+    from sglang.srt.mem_cache import allocation
+
+    monkeypatch.setattr(allocation, "attention_backends", lambda: ("torch_native", "torch_native"))
+    write_cache_indices = allocation.write_cache_indices
+
+    class Pool:
+        def __init__(self, table):
+            self.req_to_token = table
+
+        def write(self, index, values):
+            self.req_to_token[index] = values
+
+    rng = random.Random(3)
+    for _ in range(20):
+        table = _table(rng)
+        expected = table.clone()
+        rows = rng.sample(range(1, 40), rng.randint(1, 12))
+        prefix = [rng.choice([0, 1, rng.randint(2, 200)]) for _ in rows]
+        extend = [rng.randint(1, 40) for _ in rows]
+        slots = torch.tensor([rng.randrange(1, 10**6) for _ in range(sum(extend))], dtype=torch.int64)
+        t = {name: torch.tensor(v, dtype=torch.int64) for name, v in
+             (("rows", rows), ("prefix", prefix), ("extend", extend),
+              ("seq", [p + e for p, e in zip(prefix, extend, strict=True)]))}
+        prefixes = [expected[r, :p].to(torch.int64) for r, p in zip(rows, prefix, strict=True)]
+        write_cache_indices(slots, t["rows"], t["rows"], t["prefix"], t["prefix"], t["seq"], t["seq"],
+                            t["extend"], t["extend"], prefixes, Pool(expected))
+        write_extend_slots(table, t["rows"].numpy(), t["prefix"].numpy(), t["extend"].numpy(), slots)
+        assert torch.equal(table, expected)

@@ -23,10 +23,21 @@ left to `too_big` (its unit is aborted, naming the pool size).
 from __future__ import annotations
 
 from sglang.srt.managers.schedule_batch import ScheduleBatch
+from sglang.srt.runtime_context import attention_backends
+from sglang.srt.utils import support_triton
 
 from npr_engine.sched.batches import new_batch
 from npr_engine.sched.logprobs import ask_extend_scores, set_next_token_ids
 from npr_engine.sched.state import Phase, Seq
+
+
+_held_rows = False  # see held_rows()
+
+
+def held_rows() -> bool:
+    """Whether the batch being prepared is ours (build_extend_batch) and its slots are
+    written by SGLang's per-request CPU fallback, not its Triton kernel."""
+    return _held_rows
 
 
 class ExtendQueue:
@@ -108,7 +119,14 @@ def build_extend_batch(scheduler, reqs: list) -> ScheduleBatch:
         # NOTE: not a cache hit: keeps usage.cached_tokens the prompt's own.
         req.already_computed = committed
     batch = new_batch(scheduler, reqs)
-    batch.prepare_for_extend()
+    global _held_rows
+    # Every request holds its row with its prefix in it (patches/extend_batch.py: the
+    # slot writer skips reading the prefix out and writing it back).
+    _held_rows = not support_triton(attention_backends()[0])
+    try:
+        batch.prepare_for_extend()
+    finally:
+        _held_rows = False
     batch.decoding_reqs = None
     for req in reqs:
         if restore[id(req)] is not None:

@@ -63,11 +63,27 @@ def _index(runs: list[Run]) -> torch.Tensor:
     torch's; the index moves to the table's device once)."""
     cols = np.array(runs, dtype=np.int64).T  # 5 x runs
     lens = cols[4]
-    step_in_run = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    step_in_run = _steps(lens)
     each = np.repeat(cols[:4], lens, axis=1)
     each[1] += step_in_run
     each[3] += step_in_run
     return torch.from_numpy(each)
+
+
+def _steps(lens: np.ndarray) -> np.ndarray:
+    """0 .. n-1 for each run of n, concatenated."""
+    return np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
+def write_extend_slots(req_to_token: torch.Tensor, rows: np.ndarray, starts: np.ndarray, lens: np.ndarray,
+                       slots: torch.Tensor) -> None:
+    """An extend batch over held rows: row i gets its next lens[i] slots of `slots` (in
+    batch order) from column starts[i] on, in one indexed write. The prefix before it is
+    in the row already, so nothing else is written."""
+    lens = lens.astype(np.int64, copy=False)
+    index = torch.from_numpy(np.stack((np.repeat(rows, lens), np.repeat(starts, lens) + _steps(lens))))
+    index = index.to(req_to_token.device)
+    req_to_token[index[0], index[1]] = slots.to(req_to_token.dtype)
 
 
 def _gather(table: torch.Tensor, runs: list[Run]) -> torch.Tensor:
