@@ -9,13 +9,18 @@ own time per step beside ours, in the same run (benchmarks/host_overhead.py)::
   forward     ModelRunner.forward and ModelRunner.sample (the device work, excluded)
   plugin      every moment inside one of our hooks, minus the original an AROUND hook
               calls (time is exclusive: a hook inside a hook counts once)
-  sglang      busy step - forward - plugin (the plugin's time inside busy steps)
+  sglang      busy step - forward - plugin - gc (the plugin's time inside busy steps)
   stock       of the plugin's time, what a few stock functions our hooks call took
               (batch building and parking, branch requests: `STOCK_CALLED`); still the
               plugin's in `plugin`, reported apart to show what our own code costs
 
 Busy steps are kept apart by kind (`decode`, `extend`); plugin time outside them (an
 abort, a `get_server_info` call, an idle check) is reported as `plugin_outside_steps`.
+
+Python's garbage collections are charged to neither side (`gc`, reported apart): one
+runs inside whatever code allocates when a threshold is crossed, and a full
+collection of the engine's heap (some 0.6 s on a 2-core CPU) would otherwise land at
+random on our hooks or on SGLang's code.
 
 Time is charged to whatever mode is on top of a stack at each switch, so nesting in
 any order (our hook inside a stock call inside our hook) stays exact.
@@ -30,6 +35,7 @@ the wrappers are not installed at all then.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import threading
 from time import thread_time as perf_counter  # see the NOTE in the docstring
@@ -55,16 +61,31 @@ class HostClock:
         self._stack: list[str] = []
         self._mark = perf_counter()
         self._thread: int | None = None
-        self.seconds = {"plugin": 0.0, "forward": 0.0, "stock": 0.0}
+        self.seconds = {"plugin": 0.0, "forward": 0.0, "stock": 0.0, "gc": 0.0}
         # Plugin seconds by "<kind of the step it ran in> <hook name>" (kind "-": before the
         # iteration's batch is known, or outside any step).
         self.by_hook: dict[str, float] = {}
         # Per kind of busy step: steps, request_steps (sum of batch sizes), step, forward, plugin.
-        self.kinds = {kind: dict.fromkeys(("steps", "request_steps", "step", "forward", "plugin", "stock"), 0)
+        self.kinds = {kind: dict.fromkeys(("steps", "request_steps", "step", "forward", "plugin", "stock", "gc"), 0)
                       for kind in ("decode", "extend")}
         self.pending = 0.0  # this iteration's time before its batch (kept if one runs)
-        self._iter = (0.0, 0.0, 0.0)  # plugin, forward, stock seconds when this iteration began
+        self._iter = (0.0, 0.0, 0.0, 0.0)  # plugin, forward, stock, gc seconds when this iteration began
         self._kind: str | None = None  # the kind of the batch this iteration runs
+        self._gc_start: float | None = None
+        self._gc_unsplit = 0.0  # collections since the mark, inside the mode on top of the stack
+
+    def on_gc(self, phase: str, info: dict) -> None:
+        """gc.callbacks entry: a collection's time, taken out of the mode it interrupted."""
+        if threading.get_ident() != self._thread:  # (collections on other threads: not timed)
+            return
+        now = perf_counter()
+        if phase == "start":
+            self._gc_start = now
+        elif self._gc_start is not None:
+            spent, self._gc_start = now - self._gc_start, None
+            self.seconds["gc"] += spent
+            if self._stack:
+                self._gc_unsplit += spent
 
     def _ours(self) -> bool:
         me = threading.get_ident()
@@ -85,18 +106,19 @@ class HostClock:
         self._mark = now
 
     def _charge(self, mode: str, now: float) -> None:
+        spent, self._gc_unsplit = now - self._mark - self._gc_unsplit, 0.0
         if mode == "forward":
-            self.seconds["forward"] += now - self._mark
+            self.seconds["forward"] += spent
         elif mode != "sglang":  # a hook's name, or stock code one called
-            self.seconds["plugin"] += now - self._mark
+            self.seconds["plugin"] += spent
             if mode.startswith("stock:"):
-                self.seconds["stock"] += now - self._mark
+                self.seconds["stock"] += spent
             key = f"{self._kind or '-'} {mode}"
-            self.by_hook[key] = self.by_hook.get(key, 0.0) + now - self._mark
+            self.by_hook[key] = self.by_hook.get(key, 0.0) + spent
 
     def begin_iteration(self) -> None:
         self.pending, self._kind = 0.0, None
-        self._iter = (self.seconds["plugin"], self.seconds["forward"], self.seconds["stock"])
+        self._iter = (self.seconds["plugin"], self.seconds["forward"], self.seconds["stock"], self.seconds["gc"])
 
     def end_step(self, seconds: float) -> None:
         """The busy step of this iteration ended after `seconds` of its own time."""
@@ -107,6 +129,7 @@ class HostClock:
         k["plugin"] += self.seconds["plugin"] - self._iter[0]
         k["forward"] += self.seconds["forward"] - self._iter[1]
         k["stock"] += self.seconds["stock"] - self._iter[2]
+        k["gc"] += self.seconds["gc"] - self._iter[3]
         self._kind = None
 
     def report(self) -> dict:
@@ -116,6 +139,12 @@ class HostClock:
 
 
 CLOCK = HostClock()
+
+
+def watch_gc() -> None:
+    """Take collections out of both sides (installed with the profile hooks)."""
+    if CLOCK.on_gc not in gc.callbacks:
+        gc.callbacks.append(CLOCK.on_gc)
 
 
 def _charged(mode: str, fn, *args, **kwargs):

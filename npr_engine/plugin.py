@@ -30,6 +30,7 @@ def hooks_to_install() -> list[Hook]:
     if host_clock.enabled():
         # Registered last: the stock brackets wrap outermost, around our own hooks.
         hooks = [host_clock.timed_hook(h) for h in hooks] + host_clock.profile_hooks()
+        host_clock.watch_gc()
     return hooks
 
 

@@ -32,7 +32,8 @@ def _cut_to_causal_part(req, causal_len: int) -> None:
     if kv.kv_allocated_len > causal_len:
         scheduler = controller_for_any().scheduler
         slots = scheduler.req_to_token_pool.req_to_token[kv.req_pool_idx, causal_len:kv.kv_allocated_len]
-        scheduler.token_to_kv_pool_allocator.free(slots.clone())
+        # (a view: SGLang 0.5.23's free copies it, at once or into its free group)
+        scheduler.token_to_kv_pool_allocator.free(slots)
         kv.kv_committed_len = kv.kv_allocated_len = causal_len
     # NOTE: release_kv_cache reads skip_radix_cache_insert right after asking us.
     req.skip_radix_cache_insert = False

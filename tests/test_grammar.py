@@ -211,6 +211,28 @@ def test_forked_text_is_read_sequentially() -> None:
         BlockOpen, Fork, JoinClose, BlockClose, BranchClose]
 
 
+@pytest.mark.parametrize("schema, role, text", [
+    (PARALLEL, "root", "a<parallel><path>1: x</path><path>2: y</path><summary>s</summary></parallel>b"),
+    (PARALLEL, "branch", "<path>1: x<parallel><path>1: y</path><summary>in</summary></parallel></path>"),
+    (NPR, "root", "<guideline><plan>a</plan><plan>b</plan></guideline><step>\n1:x</step>"
+                  "<takeaway>t</takeaway>"),
+    (MULTIVERSE, "root", "<Parallel><Goal><Outline>1: a</Outline></Goal><Path>1: x</Path>"
+                         "<Conclusion>c</Conclusion></Parallel>"),
+])
+def test_a_copied_parser_goes_on_as_the_original_would(schema: TagSchema, role: str, text: str) -> None:
+    # At every cut of the text (a fork's header fed once, then copied per branch):
+    # the copy and the parser it came from read the rest alike, and apart.
+    whole = TagParser(schema, role)
+    expected = feed_all(whole, text)
+    for cut in range(len(text) + 1):
+        first = TagParser(schema, role)
+        head = first.feed(text[:cut])
+        copy = first.clone()
+        assert head + copy.feed(text[cut:]) == expected and copy.state is whole.state
+        assert head + feed_all(first, *text[cut:]) == expected and first.state is whole.state
+        assert copy.offset == first.offset == len(text)
+
+
 # -- parser: malformed input ----------------------------------------------------------
 
 

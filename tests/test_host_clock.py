@@ -69,3 +69,37 @@ def test_plugin_time_outside_a_busy_step_is_kept_apart(clock):
     report = c.report()
     assert report["plugin_outside_steps"] == 2.0
     assert all(k["plugin"] == 0 and k["steps"] == 0 for k in report["kinds"].values())
+
+
+def test_a_garbage_collection_is_charged_to_neither_side(clock):
+    c, spend = clock
+    c._ours()  # this thread is the scheduler's
+
+    def collect(seconds):
+        c.on_gc("start", {})
+        spend(seconds)
+        c.on_gc("stop", {})
+
+    def our_hook(original, x):
+        spend(1.0)
+        collect(20.0)  # inside our hook
+        return original(x)
+
+    def original(x):
+        spend(2.0)
+        collect(30.0)  # inside SGLang's original, under our AROUND hook
+        return x
+
+    hook = host_clock.timed_hook(host_clock.Hook("pkg.Cls.method", host_clock.Kind.AROUND, our_hook))
+    c.begin_iteration()
+    c._kind = "decode"
+    c.kinds["decode"]["steps"] += 1
+    hook.fn(original, 0)
+    spend(4.0)
+    collect(40.0)  # in SGLang's own code, outside every wrapper
+    c.end_step(1.0 + 20.0 + 2.0 + 30.0 + 4.0 + 40.0)
+
+    k = c.kinds["decode"]
+    assert k["plugin"] == 1.0 and c.by_hook == {"decode around:pkg.Cls.method": 1.0}
+    assert k["gc"] == 90.0
+    assert k["step"] - k["forward"] - k["plugin"] - k["gc"] == 6.0  # SGLang's own: 2 + 4

@@ -21,6 +21,12 @@ class TagMatcher:
         self._first = _first_chars(tags)
         self._node = 0
 
+    def clone(self) -> TagMatcher:
+        """The same automaton (shared, read-only) at the same node."""
+        other = object.__new__(TagMatcher)
+        other.__dict__.update(self.__dict__)
+        return other
+
     @property
     def pending(self) -> int:
         """Trailing characters that may still grow into a tag (< the longest tag)."""

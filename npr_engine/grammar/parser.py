@@ -173,7 +173,17 @@ class TagParser:
         self._plan_parts: list[str] = []
         self._plan_start = 0
         self._ctx = ("", 0)
-        self._seq = SequentialBlocks(schema, 0)
+        self._seq: SequentialBlocks | None = None  # a forked block's (set at the fork)
+
+    def clone(self) -> TagParser:
+        """An independent parser in this one's state (read-only tables shared)."""
+        other = object.__new__(TagParser)
+        other.__dict__.update(self.__dict__)
+        other._matcher = self._matcher.clone()
+        other._events, other._items, other._plan_parts = list(self._events), list(self._items), list(self._plan_parts)
+        if self._seq is not None:
+            other._seq = self._seq.clone()
+        return other
 
     @property
     def offset(self) -> int:

@@ -16,6 +16,8 @@ written inside a path is path text, exactly as the engine treats it in a real br
 
 from __future__ import annotations
 
+import copy
+
 from npr_engine.grammar.schemas import TagSchema
 
 
@@ -27,6 +29,11 @@ class SequentialBlocks:
         # Text arrived after the fork point: the block is decoded sequentially (a real
         # fork's parent is parked and fed nothing until its join).
         self.fed = False
+
+    def clone(self) -> SequentialBlocks:
+        other = copy.copy(self)
+        other.levels = list(self.levels)
+        return other
 
     def on_tag(self, kinds: frozenset[str]) -> bool:
         """Track one tag; True when it is the forked block's own join header."""

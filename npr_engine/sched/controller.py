@@ -70,6 +70,7 @@ class Controller:
         self.rows = Partition()  # the running batch's calm and other rows (sched/calm.py)
         # A unit's tokens + closing reserve, once per step (_branch_end_reason).
         self._unit_totals: dict[int, int] = {}
+        self._branch_parsers: dict[tuple[int, str], tuple] = {}  # (schema, text) -> (schema, parser)
 
     # -- text <-> tokens --------------------------------------------------------------
 
@@ -120,6 +121,26 @@ class Controller:
         text = seq.decoder.push(tokens)
         note_branch_text(seq, text)  # live `branch_deltas` for streaming clients
         return seq.parser.feed(text) if text else []
+
+    def branch_parser(self, schema, text: str = "") -> TagParser:
+        """A new branch's parser, fed `text` (its header): a copy of one fed the same
+        text (a step forks many branches of a schema, with the same few headers)."""
+        key = (id(schema), text)  # (a schema hashes all its fields: by identity)
+        known = self._branch_parsers.get(key)
+        if known is None or known[0] is not schema:
+            if len(self._branch_parsers) >= 256:  # a schema file is loaded anew by each request naming it
+                self._branch_parsers.clear()
+            parser = TagParser(schema, "branch")
+            parser.feed(text)
+            known = self._branch_parsers[key] = (schema, parser)
+        return known[1].clone()
+
+    def write_header(self, branch: Seq, tokens: list[int]) -> None:
+        """`write` for a new branch's header (its parser has read nothing yet)."""
+        _append_injected(branch, tokens)
+        text = branch.decoder.push(tokens)
+        note_branch_text(branch, text)
+        branch.parser = self.branch_parser(branch.schema, text)
 
     def queue_extend(self, seq: Seq) -> None:
         self.lifecycle.opened(seq.unit)

@@ -30,7 +30,6 @@ from npr_engine.sched.batches import new_batch
 from npr_engine.sched.logprobs import ask_extend_scores, set_next_token_ids
 from npr_engine.sched.state import Phase, Seq
 
-
 _held_rows = False  # see held_rows()
 
 

@@ -15,7 +15,6 @@ from sglang.srt.mem_cache.common import release_kv_cache
 
 from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.trace import PathTrace
-from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
 from npr_engine.sched.batches import inject, park
 from npr_engine.sched.extend import extend_tokens, free_kv_tokens
@@ -38,6 +37,7 @@ class ForkJoin:
         self.scheduler = controller.scheduler
         # Branch rids: unique per process (one uuid), then a counter (no uuid per branch).
         self._rids = map(f"{BRANCH_RID_PREFIX}{uuid.uuid4().hex[:16]}-{{:x}}".format, itertools.count())
+        self._costs: dict[tuple, tuple] = {}  # _block_cost, by schema and path ids
 
     # -- accounting ---------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class ForkJoin:
             for branch in block.branches:
                 header = list(branch.forced)
                 branch.forced.clear()
-                self.ctl.write(branch, header)
+                self.ctl.write_header(branch, header)
                 self.ctl.queue_extend(branch)
             return
         assert block.uncommitted == 1, "one-token-per-step injection forks at a sampled token"
@@ -175,11 +175,7 @@ class ForkJoin:
         width = len(ids)
         if seq.depth + 1 > seq.options.max_depth:
             return "depth"
-        header_cost = max(len(self.ctl.tokens(seq.schema.header(i))) for i in ids)
-        schema = seq.schema
-        ending = len(self.ctl.tokens(schema.branch_close)) + len(self.ctl.tokens(schema.branch_tail))
-        per_branch = header_cost + ending + 2
-        need = width * per_branch + len(self.ctl.tokens(seq.schema.join_header))
+        per_branch, need = self._block_cost(seq.schema, ids)
         root = seq.unit.root.req
         left = root.sampling_params.max_new_tokens - self.unit_tokens(seq.unit) - self.closing_reserve(seq.unit)
         if left < need:
@@ -192,6 +188,20 @@ class ForkJoin:
                 or running + rows_taken - forks_taken + width - 1 > s.max_running_requests):
             return "max_running_requests"
         return None
+
+    def _block_cost(self, schema, ids: list[str]) -> tuple[int, int]:
+        """Tokens a block's branch writes at least (header, close tag, tail, 2 text), and
+        the block with its join header: the same for every block of a schema and width."""
+        key = (id(schema), *ids)  # (a schema hashes all its fields: by identity)
+        known = self._costs.get(key)
+        if known is None or known[0] is not schema:
+            if len(self._costs) >= 256:  # a schema file is loaded anew by each request naming it
+                self._costs.clear()
+            tokens = self.ctl.tokens
+            header_cost = max(len(tokens(schema.header(i))) for i in ids)
+            per_branch = header_cost + len(tokens(schema.branch_close)) + len(tokens(schema.branch_tail)) + 2
+            known = self._costs[key] = (schema, per_branch, len(ids) * per_branch + len(tokens(schema.join_header)))
+        return known[1], known[2]
 
     def _make_branch(self, parent_seq: Seq, block: Block, index: int, row: int, path_id: str) -> Seq:
         parent = parent_seq.req
@@ -233,7 +243,7 @@ class ForkJoin:
         schema = parent_seq.schema
         seq = Seq(
             req=req, unit=parent_seq.unit, options=parent_seq.options, schema=schema,
-            parser=TagParser(schema, "branch"), decoder=self.ctl.decoder_for(req),
+            parser=self.ctl.branch_parser(schema), decoder=self.ctl.decoder_for(req),
             depth=parent_seq.depth + 1, block=block, path=PathTrace(index=index),
             fork_out_len=len(parent.output_ids),
             # Training positions: every path restarts at pos(fork point) + 1, the fork
