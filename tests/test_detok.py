@@ -46,8 +46,9 @@ def test_pushed_text_is_the_whole_text(tokenizer, fast):
     decode = RememberedTexts(lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False))
     assert concatenative(tokenizer)
     mismatches = []
+    special = frozenset(tokenizer.convert_tokens_to_ids(TAGS)) if fast else frozenset()
     for ids in _sequences(tokenizer, 150, rng):
-        decoder = IncrementalDecoder(decode, concatenative=fast)
+        decoder = IncrementalDecoder(decode, concatenative=fast, whole_ids=special)
         out, i = [], 0
         while i < len(ids):
             n = rng.choice([1, 1, 1, 2, 3, 6])
@@ -93,3 +94,24 @@ def test_skipped_ids_may_end_inside_a_character(tokenizer):
         decoder.skip(ids[:cut])
         texts.append(decoder.push(ids[cut:]))  # the character's end, then whole ones
     assert texts[0] == texts[1] and texts[1].endswith("<plan>") and "\ufffd" not in texts[1]
+
+
+def test_a_tag_token_after_skipped_ids_decodes_alone(tokenizer):
+    """After ids nobody read (ending inside a character, say), a special-token tag is
+    its own text, decoded without a window; what follows reads as the whole text."""
+    calls = []
+    decode = lambda ids: calls.append(list(ids)) or tokenizer.decode(list(ids), skip_special_tokens=False)  # noqa: E731
+    special = frozenset(tokenizer.convert_tokens_to_ids(TAGS))
+    emoji = tokenizer.encode("🙂", add_special_tokens=False)
+    assert len(emoji) > 1  # its first id alone ends inside the character
+    words = tokenizer.encode(" then more words", add_special_tokens=False)
+    for skipped in (tokenizer.encode("ab", add_special_tokens=False), emoji[:1], emoji):
+        tag = tokenizer.convert_tokens_to_ids("<plan>")
+        ids = skipped + [tag] + words
+        decoder = IncrementalDecoder(decode, True, special)
+        decoder.skip(skipped)
+        calls.clear()
+        assert decoder.push([tag]) == "<plan>" and calls == [[tag]]
+        out = "".join(decoder.push([t]) for t in words) + decoder.flush()
+        whole = tokenizer.decode(ids, skip_special_tokens=False)
+        assert tokenizer.decode(skipped, skip_special_tokens=False) + "<plan>" + out == whole

@@ -27,9 +27,13 @@ def concatenative(tokenizer) -> bool:
 
 
 class IncrementalDecoder:
-    def __init__(self, decode: Callable[[Sequence[int]], str], concatenative: bool = False):
+    def __init__(self, decode: Callable[[Sequence[int]], str], concatenative: bool = False,
+                 whole_ids: frozenset[int] = frozenset()):
         self._decode = decode
         self._concatenative = concatenative
+        # Ids whose text never merges with their neighbours' bytes (special tokens of
+        # ASCII text): where decoding concatenates, they decode alone after any ids.
+        self._whole_ids = whole_ids
         self._ids: list[int] = []
         self._prefix = 0  # start of the decode window
         self._read = 0  # ids before here have been released as text
@@ -38,10 +42,12 @@ class IncrementalDecoder:
 
     def push(self, token_ids: Sequence[int]) -> str:
         """Add ids; return the newly stable text (may be empty)."""
-        if self._concatenative and self._whole and self._read == len(self._ids):
+        if (self._concatenative and self._read == len(self._ids)
+                and (self._whole or self._whole_ids.issuperset(token_ids))):
             text = self._decode(token_ids)
             if text and not text.endswith("\ufffd"):  # whole characters: the window's text + it
                 self._append_settled(token_ids, text)
+                self._whole = True
                 return text
         self._ids.extend(token_ids)
         start, end, text = self._last

@@ -40,6 +40,8 @@ class SpecialTokens:
         special.update({i: str(tokenizer.convert_ids_to_tokens(i)) for i in tokenizer.all_special_ids})
         self.kept = frozenset(i for i, text in special.items() if any(text in k for k in keep))
         self.stripped = frozenset(special) - self.kept
+        # Their text is their own after any ids (decoding concatenates whole tokens' bytes).
+        self.whole = frozenset(i for i, text in special.items() if text.isascii())
 
     def visible(self, ids: Sequence[int], skip_special_tokens: bool) -> list[int]:
         """The ids whose text a reply shows."""

@@ -105,10 +105,13 @@ def quiet_steps(ctl, seq: Seq, units: dict) -> int:
     steps = units.get(seq.unit)
     if steps is None:
         steps = units[seq.unit] = _unit_quiet_steps(ctl, seq)
+    steps -= 1  # one step of margin on the unit's bound
     limit = seq.options.max_path_tokens
     if limit is not None:
+        # Exact: its own tokens grow by one a step, so the first step whose sampled token
+        # would reach its budget (+1: that token is not in output_ids yet) is its wake step.
         steps = min(steps, limit - ctl.close_count(seq) - seq.own_tokens())
-    return steps - 1 if steps > 2 else 0  # one step of margin
+    return steps if steps > 1 else 0
 
 
 def _unit_quiet_steps(ctl, seq: Seq) -> int:

@@ -87,7 +87,7 @@ class Controller:
         """A sequence's text exactly as its reply shows it: tags kept, other special
         tokens dropped iff the request skips them (npr_engine/core/special.py)."""
         skip = bool(getattr(req.sampling_params, "skip_special_tokens", True))
-        return IncrementalDecoder(self._visible_text[skip], self._concatenative)
+        return IncrementalDecoder(self._visible_text[skip], self._concatenative, self.special.whole)
 
     def _visible(self, skip: bool, ids) -> str:
         return self.decode(self.special.visible(ids, skip))
