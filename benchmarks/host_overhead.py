@@ -1,11 +1,13 @@
 """Host cost of the plugin on the scheduler thread, beside SGLang's own (benchmark).
 
-One offline Engine (tiny random Qwen3 whose tokenizer carries the tags as special
-tokens, CPU) runs with NPR_HOST_PROFILE=1 (npr_engine/host_clock.py): every hook the
+One offline Engine (tiny random Qwen3 whose tokenizer carries NPR's and Multiverse's
+tags as special tokens, CPU) runs with NPR_HOST_PROFILE=1 (npr_engine/host_clock.py): every hook the
 plugin installs is timed, and SGLang's scheduler-thread time per busy step is measured
 in the same run (the model's forward and sampling excluded). Per batch size B it runs
   outside   B plain requests with blocks enabled (the default) that open none
-  inside   B requests each in a forced 2-path block for most of their tokens
+  inside   B requests each in a forced 2-path block for most of their tokens, in the
+           default `parallel` schema (text tags here: `</path>` is three tokens)
+  inside-npr  the same in NPR's schema, whose tags are special tokens (as NPR-4B's)
 and prints, per busy step and per request-step, our time, SGLang's own, and their ratio
 (over all busy steps; and over decode steps alone, the steady state between forks and
 joins). Plugin time outside busy steps is printed apart. Part of our time is stock
@@ -15,7 +17,7 @@ code alone to all of SGLang's, for information only: the targets hold the whole 
 hooks' time against SGLang's own. Python's garbage collections on the scheduler thread
 are on neither side (a full one, ~0.6 s here, lands in whatever code allocates at the
 time): printed apart, per step.
-Targets (issue 12): ratio <= 5% outside blocks and <= 25% inside, at B = 256.
+Targets (issue 12): ratio <= 5% outside blocks and <= 25% inside (both kinds), at B = 256.
 
   python benchmarks/host_overhead.py --out bench_out [--batches 1 64 256] [--tokens 48]
 """
@@ -34,8 +36,11 @@ os.environ["NPR_HOST_PROFILE"] = "1"  # read by the scheduler process at plugin 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-KINDS = os.environ.get("HO_KINDS", "outside inside").split()
-TARGETS = {"outside": 0.05, "inside": 0.25}
+KINDS = os.environ.get("HO_KINDS", "outside inside inside-npr").split()
+TARGETS = {"outside": 0.05, "inside": 0.25, "inside-npr": 0.25}
+# The schema of each kind's blocks: `parallel` (the default) has text tags in this
+# tokenizer (<path> is several tokens); NPR's tags are special tokens, as in NPR-4B's.
+SCHEMAS = {"inside": "parallel", "inside-npr": "npr"}
 
 
 def _clock(llm) -> dict:
@@ -73,7 +78,8 @@ def workload(kind: str, batch: int, tokens: int) -> tuple[list[str], dict]:
     else:
         # A short forced open, two paths of `tokens` each, then a few summary tokens.
         params["max_new_tokens"] = 2 * tokens + 24
-        params["custom_params"] = {"npr": {"force": True, "paths": 2, "max_path_tokens": tokens}}
+        params["custom_params"] = {"npr": {"force": True, "paths": 2, "max_path_tokens": tokens,
+                                           "schema": SCHEMAS[kind]}}
     return prompts, params
 
 
@@ -99,14 +105,14 @@ def _short(key: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["kind       B | steps rows/step blocks | ours ms/step  sglang ms/step  forward ms/step | "
+    lines = ["kind        B | steps rows/step blocks | ours ms/step  sglang ms/step  forward ms/step | "
              "ours us/req  sglang us/req | ratio  target               | decode steps only | "
              "stock in ours ms/step, own code ratio | gc ms/step"]
     for r in rows:
         target = TARGETS[r["kind"]] if r["batch"] == 256 else None
         mark = "" if target is None else (f" <= {target:.0%} " + ("met" if r["ratio"] <= target else "MISSED"))
         lines.append(
-            f"{r['kind']:8s} {r['batch']:3d} | {r['steps']:5d} {r['rows_per_step']:9.1f} {r['blocks']:6d} | "
+            f"{r['kind']:10s} {r['batch']:3d} | {r['steps']:5d} {r['rows_per_step']:9.1f} {r['blocks']:6d} | "
             f"{r['plugin_ms_per_step']:12.3f} {r['sglang_ms_per_step']:15.3f} {r['forward_ms_per_step']:16.3f} | "
             f"{r['plugin_us_per_request_step']:11.2f} {r['sglang_us_per_request_step']:14.2f} | "
             f"{r['ratio']:6.1%}{mark:21s}| {r['decode_only']['ratio']:17.1%} | "
@@ -132,7 +138,7 @@ def main() -> None:
                             disable_cuda_graph=True, dtype="float32", log_level="error", random_seed=0,
                             max_total_tokens=65536, max_running_requests=1024, sleep_on_idle=True)
         try:
-            for kind in ("outside", "inside"):  # warm-up: allocator, caches, first-call costs
+            for kind in ("outside", "inside", "inside-npr"):  # warm-up: allocator, caches, first-call costs
                 measure(llm, kind, 8, 8)
             rows = [measure(llm, kind, b, args.tokens) for b in args.batches for kind in KINDS]
         finally:
@@ -145,7 +151,7 @@ def main() -> None:
     print("plugin time outside busy steps (not in the ratios; get_server_info calls, idle checks): "
           + ", ".join(f"{r['kind']} B={r['batch']} {r['plugin_ms_outside_steps']:.1f} ms" for r in rows))
     print("where our time goes at the largest batch (ms per step, by hook):")
-    for r in rows[-2:]:
+    for r in rows[-len(KINDS):]:
         top = list(r["hook_ms_per_step"].items())[:8]
         print(f"  {r['kind']:8s} " + ", ".join(f"{_short(k)} {v:.3f}" for k, v in top))
 

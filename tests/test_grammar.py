@@ -221,7 +221,8 @@ def test_forked_text_is_read_sequentially() -> None:
 ])
 def test_a_copied_parser_goes_on_as_the_original_would(schema: TagSchema, role: str, text: str) -> None:
     # At every cut of the text (a fork's header fed once, then copied per branch):
-    # the copy and the parser it came from read the rest alike, and apart.
+    # the copy and the parser it came from read the rest alike, and apart; so does a
+    # new parser whose first text is the same (TagParser keeps what a first feed did).
     whole = TagParser(schema, role)
     expected = feed_all(whole, text)
     for cut in range(len(text) + 1):
@@ -231,6 +232,9 @@ def test_a_copied_parser_goes_on_as_the_original_would(schema: TagSchema, role: 
         assert head + copy.feed(text[cut:]) == expected and copy.state is whole.state
         assert head + feed_all(first, *text[cut:]) == expected and first.state is whole.state
         assert copy.offset == first.offset == len(text)
+        again = TagParser(schema, role)  # the same first text: read from the first one's copy
+        assert again.feed(text[:cut]) == head and feed_all(again, text[cut:]) == expected[len(head):]
+        assert again.state is whole.state and again.offset == len(text)
 
 
 # -- parser: malformed input ----------------------------------------------------------

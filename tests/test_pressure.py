@@ -224,7 +224,7 @@ def test_a_steps_forks_count_each_others_branches_against_max_running_requests(m
                           close_count=lambda seq: 2, metrics=SimpleNamespace(fallback=fallbacks.append))
     fj = ForkJoin(ctl)
     monkeypatch.setattr("npr_engine.sched.forking.alias_prefixes", lambda table, forks: None)
-    monkeypatch.setattr(fj, "_open", lambda seq, ids, trace, rows: opened.append(rows))
+    monkeypatch.setattr(fj, "_open", lambda seq, ids, trace, rows, out: opened.append(rows))
     options = NprOptions.from_dict({"paths": 3})
     forks = []
     for _ in range(3):

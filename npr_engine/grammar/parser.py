@@ -136,6 +136,11 @@ class TagHit:
 
 
 _KINDS: dict[int, tuple] = {}  # id(schema) -> (schema, its tag kinds, their tags)
+# A new parser's first feed: the same few texts every request or branch of a schema starts
+# with (a forced block open, a branch header, a join header), read once.
+# (id(schema), role, text) -> (schema, a parser that read it, its hits)
+_FIRST_FEEDS: dict[tuple, tuple] = {}
+_FIRST_FEED_MAX = 256  # characters
 
 
 @lru_cache(maxsize=64)
@@ -201,6 +206,20 @@ class TagParser:
 
     def feed_tags(self, delta: str) -> list[TagHit]:
         """Like :meth:`feed`, but one entry per matched tag with the states around it."""
+        if self._fed or not delta or len(delta) > _FIRST_FEED_MAX:
+            return self._feed_tags(delta)
+        key = (id(self.schema), self.role, delta)  # (a schema hashes all its fields: by identity)
+        known = _FIRST_FEEDS.get(key)
+        if known is None or known[0] is not self.schema:
+            hits = self._feed_tags(delta)
+            if len(_FIRST_FEEDS) >= 1024:  # a schema file is loaded anew by each request naming it
+                _FIRST_FEEDS.clear()
+            _FIRST_FEEDS[key] = (self.schema, self.clone(), tuple(hits))
+            return hits
+        self.__dict__.update(known[1].clone().__dict__)
+        return list(known[2])
+
+    def _feed_tags(self, delta: str) -> list[TagHit]:
         base = self._fed
         self._fed += len(delta)
         if self.state is ParserState.CLOSED:

@@ -74,6 +74,23 @@ def inject(scheduler, reqs: list, pending: list[int]) -> None:
     scheduler.running_batch.batch_is_full = False
 
 
+class Injections:
+    """Requests a step puts back in the running batch, with their pending tokens: one
+    merge for all of them (`flush`)."""
+
+    def __init__(self) -> None:
+        self.reqs: list = []
+        self.pending: list[int] = []
+
+    def add(self, req, token: int) -> None:
+        self.reqs.append(req)
+        self.pending.append(token)
+
+    def flush(self, scheduler) -> None:
+        inject(scheduler, self.reqs, self.pending)
+        self.reqs, self.pending = [], []
+
+
 def write_overrides(scheduler, batch, result, overrides: list[tuple[int, int]]) -> None:
     """Replace sampled tokens (row, token) in the step's result and in the FutureMap the
     next decode step reads its input ids from: one indexed write per tensor."""

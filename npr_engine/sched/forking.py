@@ -16,7 +16,7 @@ from sglang.srt.mem_cache.common import release_kv_cache
 from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.trace import PathTrace
 from npr_engine.sched import staged
-from npr_engine.sched.batches import inject, park
+from npr_engine.sched.batches import Injections, park
 from npr_engine.sched.extend import extend_tokens, free_kv_tokens
 from npr_engine.sched.kv import alias_prefixes, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
@@ -101,8 +101,10 @@ class ForkJoin:
             opened.append((seq, ids, block_trace, [next(rows) for _ in ids]))
         alias_prefixes(pool.req_to_token, [(s.req.kv.req_pool_idx, r, s.req.kv.kv_committed_len)
                                            for s, _, _, r in opened])
+        out = Injections()  # branches injecting one token per step: one merge for the step
         for seq, ids, block_trace, branch_rows in opened:
-            self._open(seq, ids, block_trace, branch_rows)
+            self._open(seq, ids, block_trace, branch_rows, out)
+        out.flush(self.scheduler)
         return [seq for seq, *_ in opened]
 
     def _plan(self, seq: Seq, plan_items: tuple[str, ...], rows_taken: int, forks_taken: int):
@@ -129,7 +131,7 @@ class ForkJoin:
             return None
         return ids, block_trace
 
-    def _open(self, seq: Seq, ids: list[str], block_trace, rows: list[int]) -> None:
+    def _open(self, seq: Seq, ids: list[str], block_trace, rows: list[int], out: Injections) -> None:
         """The block's branches on their rows (prefix aliased already), started."""
         parent = seq.req
         prefix_len = parent.kv.kv_committed_len
@@ -148,14 +150,14 @@ class ForkJoin:
         self.ctl.lifecycle.opened(seq.unit)
         self.ctl.metrics.forked(len(rows))
         self.ctl.rows.wake_unit(live_branches(seq.unit.root))
-        self._start_branches(block)
+        self._start_branches(block, out)
         if self.ctl.debug_events is not None:
             pool = self.scheduler.req_to_token_pool
             self._debug("fork", rid=parent.rid, uncommitted=uncommitted,
                         prefix=pool.req_to_token[parent.kv.req_pool_idx, :prefix_len].tolist(),
                         rows=list(rows), branch_prefixes=[pool.req_to_token[r, :prefix_len].tolist() for r in rows])
 
-    def _start_branches(self, block: Block) -> None:
+    def _start_branches(self, block: Block, out: Injections) -> None:
         """Each branch computes the parent's uncommitted tokens and its header: in one
         extend step, or (one token per step) as a decode-ready request."""
         if self.ctl.writes_at_once(block.parent):
@@ -167,7 +169,8 @@ class ForkJoin:
             return
         assert block.uncommitted == 1, "one-token-per-step injection forks at a sampled token"
         pending = block.parent.req.output_ids[-1]
-        inject(self.scheduler, [b.req for b in block.branches], [pending] * len(block.branches))
+        for b in block.branches:
+            out.add(b.req, pending)
 
     def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int, forks_taken: int) -> str | None:
         """Why the fork cannot run (None: it can). `rows_taken`: rows this step's
@@ -243,7 +246,7 @@ class ForkJoin:
         schema = parent_seq.schema
         seq = Seq(
             req=req, unit=parent_seq.unit, options=parent_seq.options, schema=schema,
-            parser=self.ctl.branch_parser(schema), decoder=self.ctl.decoder_for(req),
+            parser=self.ctl.new_parser(schema, "branch"), decoder=self.ctl.decoder_for(req),
             depth=parent_seq.depth + 1, block=block, path=PathTrace(index=index),
             fork_out_len=len(parent.output_ids),
             # Training positions: every path restarts at pos(fork point) + 1, the fork
@@ -265,15 +268,18 @@ class ForkJoin:
         stages, their frees in one group as SGLang frees a step's (each free copies the
         allocator's free list)."""
         allocator = self.scheduler.token_to_kv_pool_allocator
+        out = Injections()  # the step's staged parents, back in the batch at once
         allocator.free_group_begin()
         try:
-            self.join_ready(blocks)
+            self.join_ready(blocks, out)
+            park(batch, [seq.req for seq in to_stage])
             for seq in to_stage:
-                staged.next_stage(self, batch, seq)
+                staged.next_stage(self, seq, out)
         finally:
             allocator.free_group_end()
+        out.flush(self.scheduler)
 
-    def join_ready(self, blocks: list[Block]) -> None:
+    def join_ready(self, blocks: list[Block], out: Injections) -> None:
         """Join each block whose branches are all parked: their slot ids moved into the
         parents' rows at once (a nested block's parent is a branch, never parked while
         its own block is open, so no join here depends on another)."""
@@ -283,7 +289,7 @@ class ForkJoin:
                 seen.add(id(block))
                 self.ctl.rows.wake_unit(live_branches(block.parent.unit.root))
                 if staged.applies(self, block):
-                    staged.begin(self, block)
+                    staged.begin(self, block, out)
                 else:
                     ready.append(block)
         if not ready:
@@ -297,7 +303,7 @@ class ForkJoin:
         if duplicates.numel():
             self.scheduler.token_to_kv_pool_allocator.free(duplicates)
         for k, (block, kv_len) in enumerate(zip(ready, ends, strict=True)):
-            self._joined_rows(block, kv_len, debug[k] if debug is not None else None)
+            self._joined_rows(block, kv_len, debug[k] if debug is not None else None, out)
 
     def _branch_copies(self, block: Block) -> list[int]:
         """The slots of u in every branch but the first (the join frees them): debug only."""
@@ -305,7 +311,7 @@ class ForkJoin:
         n, u = block.prefix_len, block.uncommitted
         return [int(x) for b in block.branches[1:] for x in table[b.req.kv.req_pool_idx, n:n + u]]
 
-    def _joined_rows(self, block: Block, kv_len: int, freed: list[int] | None) -> None:
+    def _joined_rows(self, block: Block, kv_len: int, freed: list[int] | None, out: Injections) -> None:
         """A join once the parent's row holds every branch's slots: requests, text,
         positions and rows, then the join header."""
         seq, parent = block.parent, block.parent.req
@@ -339,7 +345,7 @@ class ForkJoin:
             self._debug("join", rid=parent.rid, row=pool.req_to_token[parent.kv.req_pool_idx, :kv_len].tolist(),
                         freed=freed)
         self.joined(seq, block)
-        self._resume(seq, block)
+        self._resume(seq, block, out)
         self.ctl.lifecycle.closed(seq.unit)
 
     def joined(self, seq: Seq, block: Block) -> None:
@@ -352,7 +358,7 @@ class ForkJoin:
         if seq.is_branch:
             seq.path.tokens = seq.own_tokens()
 
-    def _resume(self, seq: Seq, block: Block) -> None:
+    def _resume(self, seq: Seq, block: Block, out: Injections) -> None:
         """Feed the join header and put the parent back in the running batch."""
         parent = seq.req
         header = self.ctl.tokens(seq.schema.join_header)
@@ -380,7 +386,7 @@ class ForkJoin:
         seq.forced.extend(header[1:])
         seq.injected += 1
         seq.parser.feed(seq.decoder.push([header[0]]))
-        inject(self.scheduler, [parent], [header[0]])
+        out.add(parent, header[0])
 
     def finish_length(self, seq: Seq) -> None:
         """max_tokens ran out inside the block: finish now, close the block in the text."""

@@ -17,6 +17,9 @@ steps per join instead of one. The step's logits score the next token, so a path
 first token (j >= 2) and the join header are scored from the previous tail's row, as
 in training. Used when the tail is one token and the block has two paths or more;
 otherwise the tails keep their branch-row KV (README, known differences).
+
+A step's stages are parked in one filter of the batch and put back in one merge (the
+caller's batches.Injections), not one of each per block.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections import deque
 import torch
 
 from npr_engine.core.detok import DECODE_CONTEXT
-from npr_engine.sched.batches import inject, park
+from npr_engine.sched.batches import Injections
 from npr_engine.sched.lifecycle import free_branch
 from npr_engine.sched.logprobs import splice_branch_logprobs
 from npr_engine.sched.rebuild import COPY, note_causal, note_slots
@@ -37,7 +40,7 @@ def applies(fj, block: Block) -> bool:
     return len(block.branches) >= 2 and len(fj.ctl.tokens(block.parent.schema.branch_tail)) == 1
 
 
-def begin(fj, block: Block) -> None:
+def begin(fj, block: Block, out: Injections) -> None:
     """All branches are parked: start stage 1."""
     seq = block.parent
     block.trace.staged = True
@@ -45,13 +48,13 @@ def begin(fj, block: Block) -> None:
     seq.unit.joined = True  # the row will hold branch KV: never re-prefill it causally
     # The joined token ids do not describe their KV positions: keep it out of the tree.
     seq.req.skip_radix_cache_insert = True
-    _stage(fj, seq, block)
+    _stage(fj, seq, block, out)
 
 
-def next_stage(fj, batch, seq: Seq) -> None:
-    """The stage step ran (its sampled token was replaced by the next path's first)."""
-    park(batch, [seq.req])
-    _stage(fj, seq, seq.stage)
+def next_stage(fj, seq: Seq, out: Injections) -> None:
+    """The stage step ran (its sampled token was replaced by the next path's first);
+    the caller has parked the sequence."""
+    _stage(fj, seq, seq.stage, out)
 
 
 def abandon(fj, seq: Seq) -> None:
@@ -66,7 +69,7 @@ def abandon(fj, seq: Seq) -> None:
     fj.ctl.lifecycle.closed(seq.unit)
 
 
-def _stage(fj, seq: Seq, block: Block) -> None:
+def _stage(fj, seq: Seq, block: Block, out: Injections) -> None:
     """Move path j = spliced + 1 into the parent, up to its close tag; its tail pends."""
     parent, j = seq.req, block.spliced + 1
     branch = block.branches[j - 1].req
@@ -96,12 +99,12 @@ def _stage(fj, seq: Seq, block: Block) -> None:
     note_causal(seq, end)
     if j < len(block.branches):
         seq.forced = deque([block.branches[j].req.output_ids[block.fork_len]])
-        inject(fj.scheduler, [parent], [tokens[-1]])
+        out.add(parent, tokens[-1])
         return
-    _last_stage(fj, seq, block, end, tokens[-1])
+    _last_stage(fj, seq, block, end, tokens[-1], out)
 
 
-def _last_stage(fj, seq: Seq, block: Block, end: int, tail: int) -> None:
+def _last_stage(fj, seq: Seq, block: Block, end: int, tail: int, out: Injections) -> None:
     """The last tail pends; the join header follows at pos(longest close) + 1."""
     seq.stage = None  # its step is the join header's first: the normal path takes it
     next_pos = max(close_len(b.req) - b.pos_offset for b in block.branches)
@@ -116,5 +119,5 @@ def _last_stage(fj, seq: Seq, block: Block, end: int, tail: int) -> None:
         fj.finish_length(seq)
     else:
         seq.forced = deque(header)
-        inject(fj.scheduler, [seq.req], [tail])
+        out.add(seq.req, tail)
     fj.ctl.lifecycle.closed(seq.unit)
