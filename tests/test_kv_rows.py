@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from npr_engine.sched.kv import alias_prefixes, join_rows, write_extend_slots
+from npr_engine.sched.kv import alias_prefixes, join_rows, move_slots, write_extend_slots
 
 
 def _table(rng: random.Random, rows: int = 40, width: int = 300) -> torch.Tensor:
@@ -89,3 +89,22 @@ def test_extend_over_held_rows_writes_what_sglangs_fallback_writes(monkeypatch):
                             t["extend"], t["extend"], prefixes, Pool(expected))
         write_extend_slots(table, t["rows"].numpy(), t["prefix"].numpy(), t["extend"].numpy(), slots)
         assert torch.equal(table, expected)
+
+
+def test_a_steps_staged_moves_copy_each_run_and_return_the_dropped_slots():
+    rng = random.Random(4)
+    for _ in range(20):
+        table = _table(rng)
+        expected = table.clone()
+        rows = rng.sample(range(1, 40), 12)
+        runs, dropped, want = [], [], []
+        for k in range(rng.randint(1, 6)):
+            src, dst = rows[2 * k], rows[2 * k + 1]
+            s0, d0, n = rng.randint(0, 100), rng.randint(0, 100), rng.choice([0, 1, rng.randint(2, 150)])
+            runs.append((src, s0, dst, d0, n))
+            lo, m = rng.randint(0, 200), rng.choice([0, 2, 30])
+            dropped.append((src, lo, 0, 0, m))
+            want.append(expected[src, lo:lo + m].clone())
+            expected[dst, d0:d0 + n] = expected[src, s0:s0 + n]
+        freed = move_slots(table, runs, dropped)
+        assert torch.equal(table, expected) and torch.equal(freed, torch.cat(want))

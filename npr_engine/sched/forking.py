@@ -268,32 +268,32 @@ class ForkJoin:
         stages, their frees in one group as SGLang frees a step's (each free copies the
         allocator's free list)."""
         allocator = self.scheduler.token_to_kv_pool_allocator
-        out = Injections()  # the step's staged parents, back in the batch at once
+        out = Injections()  # the step's staged parents and resumed ones, back in the batch at once
         allocator.free_group_begin()
         try:
-            self.join_ready(blocks, out)
+            staging = self.join_ready(blocks, out)  # stage 1 of staged joins
             park(batch, [seq.req for seq in to_stage])
-            for seq in to_stage:
-                staged.next_stage(self, seq, out)
+            staged.run(self, staging + to_stage, out)
         finally:
             allocator.free_group_end()
         out.flush(self.scheduler)
 
-    def join_ready(self, blocks: list[Block], out: Injections) -> None:
+    def join_ready(self, blocks: list[Block], out: Injections) -> list[Seq]:
         """Join each block whose branches are all parked: their slot ids moved into the
         parents' rows at once (a nested block's parent is a branch, never parked while
-        its own block is open, so no join here depends on another)."""
-        seen, ready = set(), []
+        its own block is open, so no join here depends on another). Returns the parents
+        of staged joins, whose stage 1 is next (staged.run)."""
+        seen, ready, staging = set(), [], []
         for block in blocks:
             if id(block) not in seen and block.all_parked():
                 seen.add(id(block))
                 self.ctl.rows.wake_unit(live_branches(block.parent.unit.root))
                 if staged.applies(self, block):
-                    staged.begin(self, block, out)
+                    staging.append(staged.begin(block))
                 else:
                     ready.append(block)
         if not ready:
-            return
+            return staging
         pool = self.scheduler.req_to_token_pool
         debug = [self._branch_copies(block) for block in ready] if self.ctl.debug_events is not None else None
         ends, duplicates = join_rows(pool.req_to_token, [
@@ -304,6 +304,7 @@ class ForkJoin:
             self.scheduler.token_to_kv_pool_allocator.free(duplicates)
         for k, (block, kv_len) in enumerate(zip(ready, ends, strict=True)):
             self._joined_rows(block, kv_len, debug[k] if debug is not None else None, out)
+        return staging
 
     def _branch_copies(self, block: Block) -> list[int]:
         """The slots of u in every branch but the first (the join frees them): debug only."""

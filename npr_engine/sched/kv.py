@@ -57,6 +57,14 @@ def join_rows(
     return ends, dup
 
 
+def move_slots(req_to_token: torch.Tensor, runs: list[Run], dropped: list[Run]) -> torch.Tensor:
+    """Copy the runs (a step's staged-join moves: branch row -> parent row) in one indexed
+    copy; returns the slots of `dropped` (runs by source only), read before it, to free."""
+    freed = _gather(req_to_token, dropped)
+    _copy(req_to_token, runs)
+    return freed
+
+
 def _index(runs: list[Run]) -> torch.Tensor:
     """4 x slots: source row, source column, target row, target column of every slot
     the runs cover (built in numpy: its calls on small host arrays cost a fraction of

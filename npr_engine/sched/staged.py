@@ -19,17 +19,17 @@ in training. Used when the tail is one token and the block has two paths or more
 otherwise the tails keep their branch-row KV (README, known differences).
 
 A step's stages are parked in one filter of the batch and put back in one merge (the
-caller's batches.Injections), not one of each per block.
+caller's batches.Injections), and their slot ids move in one indexed copy (`run`), not
+one of each per block.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-import torch
-
 from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.sched.batches import Injections
+from npr_engine.sched.kv import move_slots
 from npr_engine.sched.lifecycle import free_branch
 from npr_engine.sched.logprobs import splice_branch_logprobs
 from npr_engine.sched.rebuild import COPY, note_causal, note_slots
@@ -40,21 +40,42 @@ def applies(fj, block: Block) -> bool:
     return len(block.branches) >= 2 and len(fj.ctl.tokens(block.parent.schema.branch_tail)) == 1
 
 
-def begin(fj, block: Block, out: Injections) -> None:
-    """All branches are parked: start stage 1."""
+def begin(block: Block) -> Seq:
+    """All branches are parked: the parent's stage 1 is next (`run`)."""
     seq = block.parent
     block.trace.staged = True
     seq.phase, seq.stage = Phase.ACTIVE, block
     seq.unit.joined = True  # the row will hold branch KV: never re-prefill it causally
     # The joined token ids do not describe their KV positions: keep it out of the tree.
     seq.req.skip_radix_cache_insert = True
-    _stage(fj, seq, block, out)
+    return seq
 
 
-def next_stage(fj, seq: Seq, out: Injections) -> None:
-    """The stage step ran (its sampled token was replaced by the next path's first);
-    the caller has parked the sequence."""
-    _stage(fj, seq, seq.stage, out)
+def run(fj, seqs: list[Seq], out: Injections) -> None:
+    """Each sequence's next stage: stage 1 after `begin`, or the next after its stage
+    step ran (its sampled token was replaced by the next path's first; the caller has
+    parked it). Path j = spliced + 1 moves into the parent up to its close tag; its tail
+    pends."""
+    if not seqs:
+        return
+    pool, alloc = fj.scheduler.req_to_token_pool, fj.scheduler.token_to_kv_pool_allocator
+    moves, dropped, stages = [], [], []
+    for seq in seqs:
+        block = seq.stage
+        branch = block.branches[block.spliced].req
+        start = block.prefix_len if block.spliced == 0 else block.prefix_len + block.uncommitted
+        close, row, at = close_len(branch), branch.kv.req_pool_idx, seq.req.kv.kv_committed_len
+        moves.append((row, start, seq.req.kv.req_pool_idx, at, close - start))
+        # Branch j's copy of u (kept from branch 1 only) and its own tail's KV are stale.
+        dropped += [(row, block.prefix_len, 0, 0, start - block.prefix_len),
+                    (row, close, 0, 0, branch.kv.kv_committed_len - close)]
+        stages.append((seq, block, branch, start, close, at))
+    stale = move_slots(pool.req_to_token, moves, dropped)
+    if stale.numel():
+        alloc.free(stale)
+    pool.free_rows([branch.kv.req_pool_idx for _, _, branch, *_ in stages])
+    for seq, block, branch, start, close, at in stages:
+        _stage(fj, seq, block, branch, start, close, at, out)
 
 
 def abandon(fj, seq: Seq) -> None:
@@ -69,22 +90,11 @@ def abandon(fj, seq: Seq) -> None:
     fj.ctl.lifecycle.closed(seq.unit)
 
 
-def _stage(fj, seq: Seq, block: Block, out: Injections) -> None:
-    """Move path j = spliced + 1 into the parent, up to its close tag; its tail pends."""
+def _stage(fj, seq: Seq, block: Block, branch, start: int, close: int, at: int, out: Injections) -> None:
+    """Path j's slots [start, close) are at `at` in the parent's row now: the rest."""
     parent, j = seq.req, block.spliced + 1
-    branch = block.branches[j - 1].req
-    pool, alloc = fj.scheduler.req_to_token_pool, fj.scheduler.token_to_kv_pool_allocator
-    start = block.prefix_len if j == 1 else block.prefix_len + block.uncommitted
-    close, row = close_len(branch), pool.req_to_token[branch.kv.req_pool_idx]
-    own = row[start:close]
-    end = parent.kv.kv_committed_len + own.numel()
-    pool.req_to_token[parent.kv.req_pool_idx, parent.kv.kv_committed_len:end] = own
-    note_slots(seq, COPY, parent.kv.kv_committed_len, end, branch.npr, start)
-    # Branch j's copy of u (kept from branch 1 only) and its own tail's KV are stale.
-    stale = torch.cat([row[block.prefix_len:start], row[close:branch.kv.kv_committed_len]])
-    if stale.numel():
-        alloc.free(stale.clone())
-    pool.free_rows([branch.kv.req_pool_idx])
+    end = at + close - start
+    note_slots(seq, COPY, at, end, branch.npr, start)
     branch.kv.req_pool_idx = None
     branch.kv.mark_kv_released()
     tokens = list(branch.output_ids[block.fork_len:])
