@@ -146,7 +146,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "host_overhead.json").write_text(json.dumps({"tokens": args.tokens, "rows": rows}, indent=1))
-    print(f"tiny Qwen3 (tags as special tokens), CPU, {args.tokens} tokens per request / path")
+    print(f"tiny Qwen3 (NPR's and Multiverse's tags as special tokens), CPU, {args.tokens} tokens per request / path")
     print(table(rows))
     print("plugin time outside busy steps (not in the ratios; get_server_info calls, idle checks): "
           + ", ".join(f"{r['kind']} B={r['batch']} {r['plugin_ms_outside_steps']:.1f} ms" for r in rows))
