@@ -204,20 +204,18 @@ class TagParser:
         """Feed decoded text; returns the events of the tags it completed, in order."""
         return [event for hit in self.feed_tags(delta) for event in hit.events]
 
+    @classmethod
+    def fresh(cls, schema: TagSchema, role: str = "root", text: str = "") -> TagParser:
+        """A new parser that has read `text` as its first feed (a branch's header)."""
+        return _first_feed(schema, role, text)[1].clone()
+
     def feed_tags(self, delta: str) -> list[TagHit]:
         """Like :meth:`feed`, but one entry per matched tag with the states around it."""
         if self._fed or not delta or len(delta) > _FIRST_FEED_MAX:
             return self._feed_tags(delta)
-        key = (id(self.schema), self.role, delta)  # (a schema hashes all its fields: by identity)
-        known = _FIRST_FEEDS.get(key)
-        if known is None or known[0] is not self.schema:
-            hits = self._feed_tags(delta)
-            if len(_FIRST_FEEDS) >= 1024:  # a schema file is loaded anew by each request naming it
-                _FIRST_FEEDS.clear()
-            _FIRST_FEEDS[key] = (self.schema, self.clone(), tuple(hits))
-            return hits
-        self.__dict__.update(known[1].clone().__dict__)
-        return list(known[2])
+        _, parser, hits = _first_feed(self.schema, self.role, delta)
+        self.__dict__.update(parser.clone().__dict__)
+        return list(hits)
 
     def _feed_tags(self, delta: str) -> list[TagHit]:
         base = self._fed
@@ -370,6 +368,19 @@ class TagParser:
 
 
 # The parser's state handlers: (parser, kinds of the matched tag, the tag, its end offset).
+def _first_feed(schema: TagSchema, role: str, text: str) -> tuple:
+    """(schema, a new parser that read `text`, its hits), read once per schema, role and text."""
+    key = (id(schema), role, text)  # (a schema hashes all its fields: by identity)
+    known = _FIRST_FEEDS.get(key)
+    if known is None or known[0] is not schema:
+        parser = TagParser(schema, role)
+        hits = parser._feed_tags(text)
+        if len(_FIRST_FEEDS) >= 1024:  # a schema file is loaded anew by each request naming it
+            _FIRST_FEEDS.clear()
+        known = _FIRST_FEEDS[key] = (schema, parser, tuple(hits))
+    return known
+
+
 _HANDLERS: dict[ParserState, Callable[[TagParser, frozenset[str], str, int], None]] = {
     ParserState.OUTSIDE: TagParser._outside,
     ParserState.OPEN: TagParser._open,

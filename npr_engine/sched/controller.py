@@ -70,7 +70,6 @@ class Controller:
         self.rows = Partition()  # the running batch's calm and other rows (sched/calm.py)
         # A unit's tokens + closing reserve, once per step (_branch_end_reason).
         self._unit_totals: dict[int, int] = {}
-        self._new_parsers: dict[tuple, tuple] = {}  # (schema, role, text) -> (schema, parser)
 
     # -- text <-> tokens --------------------------------------------------------------
 
@@ -122,25 +121,12 @@ class Controller:
         note_branch_text(seq, text)  # live `branch_deltas` for streaming clients
         return seq.parser.feed(text) if text else []
 
-    def new_parser(self, schema, role: str, text: str = "") -> TagParser:
-        """A new sequence's parser, fed `text` (a branch's header): a copy of one fed the
-        same text (a step starts many sequences of a schema, with the same few texts)."""
-        key = (id(schema), role, text)  # (a schema hashes all its fields: by identity)
-        known = self._new_parsers.get(key)
-        if known is None or known[0] is not schema:
-            if len(self._new_parsers) >= 256:  # a schema file is loaded anew by each request naming it
-                self._new_parsers.clear()
-            parser = TagParser(schema, role)
-            parser.feed(text)
-            known = self._new_parsers[key] = (schema, parser)
-        return known[1].clone()
-
     def write_header(self, branch: Seq, tokens: list[int]) -> None:
         """`write` for a new branch's header (its parser has read nothing yet)."""
         _append_injected(branch, tokens)
         text = branch.decoder.push(tokens)
         note_branch_text(branch, text)
-        branch.parser = self.new_parser(branch.schema, "branch", text)
+        branch.parser = TagParser.fresh(branch.schema, "branch", text)
 
     def queue_extend(self, seq: Seq) -> None:
         self.lifecycle.opened(seq.unit)
@@ -174,7 +160,7 @@ class Controller:
             req.to_finish = FINISH_ABORT(str(exc), 400, "BadRequestError")
             return None
         unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
-        seq = Seq(req, unit, options, schema, self.new_parser(schema, "root"), self.decoder_for(req))
+        seq = Seq(req, unit, options, schema, TagParser.fresh(schema, "root"), self.decoder_for(req))
         note_causal(seq, 0)
         unit.root = seq
         if options.force:

@@ -15,6 +15,7 @@ from sglang.srt.mem_cache.common import release_kv_cache
 
 from npr_engine.core.detok import DECODE_CONTEXT
 from npr_engine.core.trace import PathTrace
+from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
 from npr_engine.sched.batches import Injections, park
 from npr_engine.sched.extend import extend_tokens, free_kv_tokens
@@ -246,7 +247,7 @@ class ForkJoin:
         schema = parent_seq.schema
         seq = Seq(
             req=req, unit=parent_seq.unit, options=parent_seq.options, schema=schema,
-            parser=self.ctl.new_parser(schema, "branch"), decoder=self.ctl.decoder_for(req),
+            parser=TagParser.fresh(schema, "branch"), decoder=self.ctl.decoder_for(req),
             depth=parent_seq.depth + 1, block=block, path=PathTrace(index=index),
             fork_out_len=len(parent.output_ids),
             # Training positions: every path restarts at pos(fork point) + 1, the fork
