@@ -64,7 +64,7 @@ from enum import Enum
 from functools import lru_cache
 
 from npr_engine.grammar.matcher import TagMatcher
-from npr_engine.grammar.schemas import TagSchema
+from npr_engine.grammar.schemas import BySchema, TagSchema
 from npr_engine.grammar.sequential import SequentialBlocks
 
 ROLES = ("root", "branch", "join")
@@ -135,11 +135,11 @@ class TagHit:
     events: tuple[Event, ...]
 
 
-_KINDS: dict[int, tuple] = {}  # id(schema) -> (schema, its tag kinds, their tags)
+_KINDS = BySchema(64)  # schema -> (its tag kinds, their tags)
 # A new parser's first feed: the same few texts every request or branch of a schema starts
 # with (a forced block open, a branch header, a join header), read once.
-# (id(schema), role, text) -> (schema, a parser that read it, its hits)
-_FIRST_FEEDS: dict[tuple, tuple] = {}
+# (schema, role, text) -> (a parser that read it, its hits)
+_FIRST_FEEDS = BySchema(1024)
 _FIRST_FEED_MAX = 256  # characters
 
 
@@ -164,13 +164,8 @@ class TagParser:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.schema, self.role = schema, role
-        known = _KINDS.get(id(schema))  # (hashing a schema hashes all its fields: by identity)
-        if known is None or known[0] is not schema:
-            if len(_KINDS) >= 64:  # a schema file is loaded anew by each request naming it
-                _KINDS.clear()
-            known = _KINDS[id(schema)] = (schema, _tag_kinds(schema), tuple(_tag_kinds(schema)))
-        self._kinds = known[1]
-        self._matcher = TagMatcher(known[2])
+        self._kinds, tags = _KINDS.get(schema, (), lambda: (_tag_kinds(schema), tuple(_tag_kinds(schema))))
+        self._matcher = TagMatcher(tags)
         self.state = ParserState.SUMMARY if role == "join" else ParserState.OUTSIDE
         self._fed = 0
         self._events: list[Event] = []
@@ -207,13 +202,13 @@ class TagParser:
     @classmethod
     def fresh(cls, schema: TagSchema, role: str = "root", text: str = "") -> TagParser:
         """A new parser that has read `text` as its first feed (a branch's header)."""
-        return _first_feed(schema, role, text)[1].clone()
+        return _first_feed(schema, role, text)[0].clone()
 
     def feed_tags(self, delta: str) -> list[TagHit]:
         """Like :meth:`feed`, but one entry per matched tag with the states around it."""
         if self._fed or not delta or len(delta) > _FIRST_FEED_MAX:
             return self._feed_tags(delta)
-        _, parser, hits = _first_feed(self.schema, self.role, delta)
+        parser, hits = _first_feed(self.schema, self.role, delta)
         self.__dict__.update(parser.clone().__dict__)
         return list(hits)
 
@@ -369,16 +364,12 @@ class TagParser:
 
 # The parser's state handlers: (parser, kinds of the matched tag, the tag, its end offset).
 def _first_feed(schema: TagSchema, role: str, text: str) -> tuple:
-    """(schema, a new parser that read `text`, its hits), read once per schema, role and text."""
-    key = (id(schema), role, text)  # (a schema hashes all its fields: by identity)
-    known = _FIRST_FEEDS.get(key)
-    if known is None or known[0] is not schema:
+    """(a new parser that read `text`, its hits), read once per schema, role and text."""
+    def read() -> tuple:
         parser = TagParser(schema, role)
-        hits = parser._feed_tags(text)
-        if len(_FIRST_FEEDS) >= 1024:  # a schema file is loaded anew by each request naming it
-            _FIRST_FEEDS.clear()
-        known = _FIRST_FEEDS[key] = (schema, parser, tuple(hits))
-    return known
+        return parser, tuple(parser._feed_tags(text))
+
+    return _FIRST_FEEDS.get(schema, (role, text), read)
 
 
 _HANDLERS: dict[ParserState, Callable[[TagParser, frozenset[str], str, int], None]] = {

@@ -264,6 +264,26 @@ MULTIVERSE = TagSchema(
 _REGISTRY: dict[str, TagSchema] = {s.name: s for s in (PARALLEL, NPR, MULTIVERSE)}
 
 
+class BySchema:
+    """Values derived from a schema, kept by the schema's identity (hashing a schema
+    hashes all its fields) and alongside it (an id is reused once its schema is gone).
+    Bounded: a schema file is loaded anew by each request naming it."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._values: dict[tuple, tuple] = {}
+
+    def get(self, schema: TagSchema, key: tuple, build):
+        """The value for (schema, *key), made by build() the first time."""
+        full = (id(schema), *key)
+        known = self._values.get(full)
+        if known is None or known[0] is not schema:
+            if len(self._values) >= self._limit:
+                self._values.clear()
+            known = self._values[full] = (schema, build())
+        return known[1]
+
+
 def known_schemas() -> list[str]:
     """Names of the registered schemas, presets first in registration order."""
     return list(_REGISTRY)

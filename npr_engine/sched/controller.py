@@ -22,10 +22,10 @@ from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder, RememberedTexts, concatenative
 from npr_engine.core.options import NprOptions
 from npr_engine.core.special import SpecialTokens
-from npr_engine.core.trace import RequestTrace
 from npr_engine.grammar import BranchClose, Fork, TagParser
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
+from npr_engine.sched.attach import attach_root
 from npr_engine.sched.batches import commits_token, park, write_overrides
 from npr_engine.sched.calm import UNSEEN, LoudIds, Partition, is_calm, new_text, quiet_steps, resume_decoder
 from npr_engine.sched.deltas import note_branch_text
@@ -33,8 +33,7 @@ from npr_engine.sched.extend import ExtendQueue
 from npr_engine.sched.forking import ForkJoin
 from npr_engine.sched.lifecycle import UnitLifecycle
 from npr_engine.sched.logprobs import extend_scores_match_steps, note_written, record_injected, score_written
-from npr_engine.sched.rebuild import note_causal
-from npr_engine.sched.state import Phase, Seq, Unit
+from npr_engine.sched.state import Phase, Seq
 from npr_engine.sched.tp import sync_sampled_ids_across_tp
 
 logger = logging.getLogger("npr_engine")
@@ -142,30 +141,8 @@ class Controller:
     def attach(self, req) -> Seq | None:
         """The request's NPR state, attached on first sight (a new root request)."""
         if "npr" not in req.__dict__:
-            req.npr = self._attach_root(req)
+            req.npr = attach_root(self, req)
         return req.npr
-
-    def _attach_root(self, req) -> Seq | None:
-        if self.tokenizer is None:
-            return None
-        custom = req.sampling_params.custom_params
-        try:
-            options = self._plain if custom is None else NprOptions.from_custom_params(custom)
-            if not options.enabled:
-                return None
-            schema = options.tag_schema
-        except (ValueError, OSError) as exc:  # InvalidNprOptions; a schema file gone or bad since
-            from sglang.srt.managers.schedule_batch import FINISH_ABORT
-
-            req.to_finish = FINISH_ABORT(str(exc), 400, "BadRequestError")
-            return None
-        unit = Unit(root=None, trace=RequestTrace(schema=schema.name))
-        seq = Seq(req, unit, options, schema, TagParser.fresh(schema, "root"), self.decoder_for(req))
-        note_causal(seq, 0)
-        unit.root = seq
-        if options.force:
-            seq.forced.extend(self.tokens(schema.forced_text(options.paths)))
-        return seq
 
     # -- before the stock result processing: injected tokens ---------------------------
 

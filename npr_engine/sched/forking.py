@@ -18,7 +18,8 @@ from npr_engine.core.trace import PathTrace
 from npr_engine.grammar import TagParser
 from npr_engine.sched import staged
 from npr_engine.sched.batches import Injections, park
-from npr_engine.sched.extend import extend_tokens, free_kv_tokens
+from npr_engine.sched.extend import extend_tokens
+from npr_engine.sched.fallback import fallback_reason
 from npr_engine.sched.kv import alias_prefixes, join_rows
 from npr_engine.sched.logprobs import inherit_logprob_request, note_join_token, splice_branch_logprobs
 from npr_engine.sched.rebuild import ALIAS, COPY, note_causal, note_slots
@@ -38,7 +39,6 @@ class ForkJoin:
         self.scheduler = controller.scheduler
         # Branch rids: unique per process (one uuid), then a counter (no uuid per branch).
         self._rids = map(f"{BRANCH_RID_PREFIX}{uuid.uuid4().hex[:16]}-{{:x}}".format, itertools.count())
-        self._costs: dict[tuple, tuple] = {}  # _block_cost, by schema and path ids
 
     # -- accounting ---------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ class ForkJoin:
         width = min(len(plan_items) if seq.schema.plan_open else seq.options.paths, seq.options.max_paths)
         width = max(width, 1)
         ids = seq.schema.path_ids(plan_items, width)
-        reason = self._fallback_reason(seq, ids, rows_taken, forks_taken)
+        reason = fallback_reason(self, seq, ids, rows_taken, forks_taken)
         block_trace = seq.unit.trace.new_block(
             parent_block=seq.block.trace.id if seq.is_branch else None,
             parent_path=seq.path.index if seq.is_branch else None,
@@ -172,40 +172,6 @@ class ForkJoin:
         pending = block.parent.req.output_ids[-1]
         for b in block.branches:
             out.add(b.req, pending)
-
-    def _fallback_reason(self, seq: Seq, ids: list[str], rows_taken: int, forks_taken: int) -> str | None:
-        """Why the fork cannot run (None: it can). `rows_taken`: rows this step's
-        `forks_taken` earlier forks will take (each adds its width less its parent)."""
-        width = len(ids)
-        if seq.depth + 1 > seq.options.max_depth:
-            return "depth"
-        per_branch, need = self._block_cost(seq.schema, ids)
-        root = seq.unit.root.req
-        left = root.sampling_params.max_new_tokens - self.unit_tokens(seq.unit) - self.closing_reserve(seq.unit)
-        if left < need:
-            return "max_tokens"
-        s = self.scheduler
-        if free_kv_tokens(s) < width * per_branch * 2:
-            return "kv_slots"
-        running = len(s.running_batch.reqs) if s.running_batch else 0
-        if (s.req_to_token_pool.available_size() - rows_taken < width
-                or running + rows_taken - forks_taken + width - 1 > s.max_running_requests):
-            return "max_running_requests"
-        return None
-
-    def _block_cost(self, schema, ids: list[str]) -> tuple[int, int]:
-        """Tokens a block's branch writes at least (header, close tag, tail, 2 text), and
-        the block with its join header: the same for every block of a schema and width."""
-        key = (id(schema), *ids)  # (a schema hashes all its fields: by identity)
-        known = self._costs.get(key)
-        if known is None or known[0] is not schema:
-            if len(self._costs) >= 256:  # a schema file is loaded anew by each request naming it
-                self._costs.clear()
-            tokens = self.ctl.tokens
-            header_cost = max(len(tokens(schema.header(i))) for i in ids)
-            per_branch = header_cost + len(tokens(schema.branch_close)) + len(tokens(schema.branch_tail)) + 2
-            known = self._costs[key] = (schema, per_branch, len(ids) * per_branch + len(tokens(schema.join_header)))
-        return known[1], known[2]
 
     def _make_branch(self, parent_seq: Seq, block: Block, index: int, row: int, path_id: str) -> Seq:
         parent = parent_seq.req
