@@ -16,7 +16,7 @@ def attach_root(ctl, req) -> Seq | None:
         return None
     custom = req.sampling_params.custom_params
     try:
-        options = ctl._plain if custom is None else NprOptions.from_custom_params(custom)
+        options = ctl.default_options if custom is None else NprOptions.from_custom_params(custom)
         if not options.enabled:
             return None
         schema = options.tag_schema

@@ -22,7 +22,7 @@ from npr_engine.config import env
 from npr_engine.core.detok import IncrementalDecoder, RememberedTexts, concatenative
 from npr_engine.core.options import NprOptions
 from npr_engine.core.special import SpecialTokens
-from npr_engine.grammar import BranchClose, Fork, TagParser
+from npr_engine.grammar import BranchClose, Fork
 from npr_engine.metrics import NprMetrics
 from npr_engine.sched import staged
 from npr_engine.sched.attach import attach_root
@@ -50,7 +50,7 @@ class Controller:
         # A decoder's window text, by whether special tokens are skipped.
         self._visible_text = {skip: RememberedTexts(functools.partial(self._visible, skip)) for skip in (False, True)}
         self._concatenative = self.tokenizer is not None and concatenative(self.tokenizer)
-        self._plain = NprOptions.from_custom_params(None)  # most requests' (this process's default schema)
+        self.default_options = NprOptions.from_custom_params(None)  # most requests' (this process's default schema)
         self._close_counts: dict[tuple[str, str], int] = {}  # (schema, closing text) -> tokens
         self._eos_id = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         vocab = max(len(self.tokenizer), getattr(getattr(scheduler, "model_config", None), "vocab_size", 0) or 0) if (
@@ -119,13 +119,6 @@ class Controller:
         text = seq.decoder.push(tokens)
         note_branch_text(seq, text)  # live `branch_deltas` for streaming clients
         return seq.parser.feed(text) if text else []
-
-    def write_header(self, branch: Seq, tokens: list[int]) -> None:
-        """`write` for a new branch's header (its parser has read nothing yet)."""
-        _append_injected(branch, tokens)
-        text = branch.decoder.push(tokens)
-        note_branch_text(branch, text)
-        branch.parser = TagParser.fresh(branch.schema, "branch", text)
 
     def queue_extend(self, seq: Seq) -> None:
         self.lifecycle.opened(seq.unit)

@@ -165,7 +165,7 @@ class ForkJoin:
             for branch in block.branches:
                 header = list(branch.forced)
                 branch.forced.clear()
-                self.ctl.write_header(branch, header)
+                self.ctl.write(branch, header)  # (a new parser's first text: read once, TagParser.feed_tags)
                 self.ctl.queue_extend(branch)
             return
         assert block.uncommitted == 1, "one-token-per-step injection forks at a sampled token"
